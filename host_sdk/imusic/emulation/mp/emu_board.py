@@ -1,0 +1,192 @@
+"""The board module for the unix port: what imnode.hal imports when sys.platform is 'linux'.
+
+Reads its settings from the JSON file named by the IMUSIC_EMU environment variable (written by
+imusic.emulation.launcher):
+
+    config_path   where the node's node.json is (the launcher writes it)
+    buses         number of I2C buses (default 2)
+    imus          one entry per emulated IMU, in source order:
+                  {"bus": 0, "mux": 112 or null, "channel": 0, "chip": "qmi8658"|"icm42688",
+                   "addr": null (the chip's default), "mag": false}
+    source        {"kind": "simple", "seed": 1} or {"kind": "table", "path": "...", "loop": true}
+    clock         {"mode": "virtual"|"realtime", "start_us": 0, "drift_ppm": 0}
+    faults        [{"imu": 3, "from_us": 1000000, "to_us": 2000000}]: the IMU (and its magnetometer)
+                  stops answering in that device-time window
+    uid           8-byte unique id as hex (default from "emu" + node id)
+    max_seconds   device seconds after which the run ends cleanly (exit 0)
+    max_frames    SAMPLES frames on the serial link after which the run ends cleanly
+    reset_exit_code  exit status of reset(): the launcher restarts the node (a reboot)
+
+The serial link is stdin/stdout, binary, like USB-CDC on a board.
+"""
+
+import gc
+import json
+import os
+import sys
+
+import emu_source
+from emu_bus import EmuI2C, EmuMux
+from emu_chips import Icm42688Emu, Qmc5883pEmu, Qmi8658Emu
+from emu_clock import TICKS_PERIOD, EmuClock  # noqa: F401  (TICKS_PERIOD: board contract)
+
+NAME = "emulated"
+RESET_EXIT_CODE = 75
+UDP_BROADCAST = "127.0.0.1"  # never broadcast from a test machine: announcements stay local
+REPL_ESCAPE = False  # no REPL behind the emulated serial port: Ctrl-C bytes are just bytes
+CHIP_CLASSES = {"qmi8658": Qmi8658Emu, "icm42688": Icm42688Emu}
+
+
+def _load_settings():
+    path = os.getenv("IMUSIC_EMU")
+    if not path:
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+settings = _load_settings()
+CONFIG_PATH = settings.get("config_path", "node.json")
+N_I2C = settings.get("buses", 2)
+_reset_code = settings.get("reset_exit_code", RESET_EXIT_CODE)
+_clock_cfg = settings.get("clock", {})
+max_seconds = settings.get("max_seconds") or 0
+clock = EmuClock(_clock_cfg.get("mode", "virtual"), _clock_cfg.get("start_us", 0),
+                 _clock_cfg.get("drift_ppm", 0), int(max_seconds * 1000000))
+
+
+def _make_source(spec, n_imus):
+    kind = spec.get("kind", "simple")
+    if kind == "simple":
+        return emu_source.SimpleMotion(spec.get("seed", 0), max(16, n_imus))
+    if kind == "table":
+        return emu_source.TableSource(spec["path"], spec.get("loop", True))
+    raise ValueError("emulated source kind must be simple or table")
+
+
+def _build_buses():
+    imus = settings.get("imus", [])
+    source = _make_source(settings.get("source", {}), len(imus))
+    windows = {}
+    for fault in settings.get("faults", []):
+        windows.setdefault(fault["imu"], []).append((fault["from_us"], fault["to_us"]))
+    buses = [EmuI2C() for _ in range(N_I2C)]
+    muxes = {}
+    for i, imu in enumerate(imus):
+        bus = buses[imu.get("bus", 0)]
+        chip_cls = CHIP_CLASSES[imu.get("chip", "qmi8658")]
+        addr = imu.get("addr") or chip_cls.ADDRESSES[0]
+        fail = windows.get(i, ())
+        chips = [chip_cls(source, i, clock, addr=addr, fail_windows=fail)]
+        if imu.get("mag"):
+            chips.append(Qmc5883pEmu(source, i, clock, fail_windows=fail))
+        mux_addr = imu.get("mux")
+        for chip in chips:
+            if mux_addr is None:
+                bus.attach(chip)
+            else:
+                key = (imu.get("bus", 0), mux_addr)
+                if key not in muxes:
+                    muxes[key] = bus.attach(EmuMux(mux_addr, clock))
+                muxes[key].attach(imu.get("channel", 0), chip)
+    return buses
+
+
+_buses = _build_buses()
+
+
+# ---- the board contract (docs/architecture.md)
+
+def ticks_us():
+    return clock.ticks_us()
+
+
+def ticks_diff(a, b):
+    return clock.ticks_diff(a, b)
+
+
+def ticks_add(a, delta):
+    return clock.ticks_add(a, delta)
+
+
+def sleep_us(us):
+    clock.sleep_us(us)
+
+
+def i2c(bus):
+    return _buses[bus]
+
+
+class _SerialOut:
+    """stdout as the USB-CDC writer; counts SAMPLES frames for max_frames."""
+
+    def __init__(self, stream, max_frames):
+        self._stream = stream
+        self._max_frames = max_frames
+        self.frames = 0
+
+    def write(self, mv):
+        n = self._stream.write(mv)
+        if self._max_frames and len(mv) > 3 and mv[0] == 0xA5 and mv[3] == 0x02:
+            self.frames += 1
+            if self.frames >= self._max_frames:
+                sys.exit(0)
+        return n
+
+
+_serial_out = _SerialOut(sys.stdout.buffer, settings.get("max_frames") or 0)
+
+
+def serial():
+    return sys.stdin.buffer, _serial_out
+
+
+def uart(baud):
+    return serial()
+
+
+def udp(host, port, cfg):
+    """A UDP socket on the loopback (the host side is on this machine)."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(socket.getaddrinfo("127.0.0.1", 0)[0][-1])
+    return sock
+
+
+led_state = False
+led_changes = 0
+
+
+def led(on):
+    global led_state, led_changes
+    if bool(on) != led_state:
+        led_state = bool(on)
+        led_changes += 1
+
+
+def wdt_start(timeout_ms):
+    pass
+
+
+def wdt_feed():
+    pass
+
+
+def reset():
+    sys.exit(_reset_code)
+
+
+def unique_id():
+    uid = settings.get("uid")
+    if uid:
+        return bytes.fromhex(uid)
+    return b"emu\x00\x00\x00\x00\x00"
+
+
+def mem_free():
+    return gc.mem_free()
+
+
+def mcu_temp_c():
+    return None

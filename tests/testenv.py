@@ -1,0 +1,57 @@
+"""Paths and tool lookups shared by the tests (the MicroPython binary, stubs, the firmware tree)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FIRMWARE = REPO / "firmware"
+STUBS = REPO / ".cache" / "stubs"
+VECTORS = Path(__file__).resolve().parent / "vectors"
+REAL_IMU = REPO.parent / "shared" / "data" / "real-imu"
+
+
+def venv_tool(name: str) -> str | None:
+    """A console script of the test environment, found beside the running interpreter first."""
+    import sys
+
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    return shutil.which(name)
+
+
+def micropython_binary() -> str | None:
+    """The MicroPython unix port: $IMUSIC_MICROPYTHON, the Makefile's venv, then PATH."""
+    env = os.environ.get("IMUSIC_MICROPYTHON")
+    if env and Path(env).exists():
+        return env
+    local = REPO / ".venv-mp" / "bin" / "micropython"
+    if local.exists():
+        return str(local)
+    return shutil.which("micropython")
+
+
+def firmware_files() -> list[Path]:
+    return sorted(p for p in FIRMWARE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def run_cli(*args: str, timeout: float = 60, **kwargs) -> "subprocess.CompletedProcess[str]":
+    """Run ``imusic ARGS`` in a subprocess, the way a user would."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "imusic.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def assert_one_line_error(proc: "subprocess.CompletedProcess[str]", *needles: str) -> None:
+    """Bad input: non-zero exit, exactly one line on stderr, no traceback, and it names the problem."""
+    assert proc.returncode != 0, proc
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
