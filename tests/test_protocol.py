@@ -54,7 +54,7 @@ def samples_messages(draw, node_id=u8, seq=u16, flags=u8, max_imus=P.MAX_IMUS, m
 
 messages = st.one_of(
     st.builds(P.Hello, **frame_ids, fw_major=u8, fw_minor=u8, fw_patch=u8, protocol_version=u8, board=str8,
-              uid=st.binary(min_size=8, max_size=8), rate_hz=u16, samples_per_frame=u8, link=u8,
+              uid=st.binary(min_size=8, max_size=8), boot_id=st.integers(0, 2**32 - 1), rate_hz=u16, samples_per_frame=u8, link=u8,
               imus=st.lists(imu_infos, max_size=4).map(tuple)),
     samples_messages(),
     st.integers(0, P.MAX_IMUS).flatmap(lambda n: st.builds(
@@ -121,7 +121,7 @@ def test_encoders_refuse_what_the_wire_cannot_carry():
     with pytest.raises(ValueError):
         P.encode_frame(P.MsgType.LOG, bytes(P.MAX_PAYLOAD + 1), node_id=1, seq=0)
     with pytest.raises(ValueError):
-        P.encode(P.Hello(1, 0, 0, 1, 0, 0, 1, "x" * 65, bytes(8), 200, 4, 0, ()))
+        P.encode(P.Hello(1, 0, 0, 1, 0, 0, 1, "x" * 65, bytes(8), 0, 200, 4, 0, ()))
     with pytest.raises(ValueError):
         P.encode(P.Status(1, 0, 0, 0, 0, 0, 0, 0, (1, 2), (3,)))
 

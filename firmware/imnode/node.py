@@ -51,6 +51,7 @@ class Node:
         self._sleep_us = board.sleep_us
         self._wdt_feed = board.wdt_feed
         self.seq = 0
+        self.boot_id = board.boot_id()
         self.streaming = cfg.autostart
         self.rate_hz = cfg.rate_hz
         self.period_us = 1000000 // cfg.rate_hz
@@ -261,6 +262,8 @@ class Node:
         for i in range(8):
             out[p + i] = uid[i] if i < len(uid) else 0
         p += 8
+        struct.pack_into("<I", out, p, self.boot_id)
+        p += 4
         sampler = self.sampler
         struct.pack_into("<HBBB", out, p, self.rate_hz, self.spf, self.link.KIND, sampler.n)
         p += 5

@@ -4,6 +4,7 @@ The ESP32-S3 and -C3 board files reuse the helpers here with their own pins.
 """
 
 import gc
+import os
 import sys
 import time
 
@@ -108,6 +109,12 @@ def reset():
 
 def unique_id():
     return machine.unique_id()
+
+
+def boot_id():
+    """A fresh random u32 each boot (hardware RNG): tells the host a restart from a repeat."""
+    b = os.urandom(4)
+    return b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24)
 
 
 def mem_free():

@@ -1,7 +1,7 @@
 """ESP32-S3 (e.g. ESP32-S3-DevKitC-1): two I2C buses, UART1, Wi-Fi."""
 
 from imnode.boards.esp32 import (CONFIG_PATH, TICKS_PERIOD, make_i2c, make_led, make_uart, mem_free,  # noqa: F401
-                                 reset, serial, sleep_us, ticks_add, ticks_diff, ticks_us, udp, unique_id,
+                                 boot_id, reset, serial, sleep_us, ticks_add, ticks_diff, ticks_us, udp, unique_id,
                                  wdt_feed, wdt_start)
 
 NAME = "esp32s3"

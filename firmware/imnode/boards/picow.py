@@ -8,7 +8,7 @@ import socket
 
 from imnode.boards.rp2040 import (CONFIG_PATH, I2C_PINS, N_I2C, TICKS_PERIOD, i2c, make_led, mcu_temp_c,  # noqa: F401
                                   mem_free, reset, serial, sleep_us, ticks_add, ticks_diff, ticks_us, uart,
-                                  unique_id, wdt_feed, wdt_start)
+                                  unique_id, boot_id, wdt_feed, wdt_start)
 
 NAME = "picow"
 WIFI_TIMEOUT_MS = 15000

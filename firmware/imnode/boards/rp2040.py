@@ -1,6 +1,7 @@
 """Raspberry Pi Pico (RP2040): I2C0 and I2C1, UART0, no radio."""
 
 import gc
+import os
 import sys
 import time
 
@@ -78,6 +79,12 @@ def reset():
 
 def unique_id():
     return machine.unique_id()
+
+
+def boot_id():
+    """A fresh random u32 each boot (hardware RNG): tells the host a restart from a repeat."""
+    b = os.urandom(4)
+    return b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24)
 
 
 def mem_free():

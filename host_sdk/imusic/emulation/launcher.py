@@ -184,6 +184,7 @@ class EmulatedNode:
             "clock": {"mode": self.clock, "start_us": self.start_us, "drift_ppm": self.drift_ppm},
             "faults": [{"imu": f.imu, "from_us": f.from_us, "to_us": f.to_us} for f in self.faults],
             "uid": (b"emu" + self.node_id.to_bytes(1, "little") + bytes(4)).hex(),
+            "boot_seed": self.node_id * 1000 + int(self.source.get("seed", 0)),
             "max_seconds": self.max_seconds or 0,
             "max_frames": self.max_frames or 0,
             "reset_exit_code": RESET_EXIT_CODE,
@@ -197,6 +198,7 @@ class EmulatedNode:
         env = dict(os.environ)
         env["MICROPYPATH"] = f".frozen:{fw}:{MP_DIR}"
         env["IMUSIC_EMU"] = str(self.settings_path)
+        env["IMUSIC_EMU_BOOT"] = str(self.restarts)  # boot number: emu_board.boot_id() differs per boot
         stdin = subprocess.PIPE if self.link_kind == "pty" else subprocess.DEVNULL
         if self.link_kind == "pty":
             stdout: Any = subprocess.PIPE

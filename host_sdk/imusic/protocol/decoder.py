@@ -241,7 +241,7 @@ def _imu_info(c: Any) -> ImuInfo:
 
 _BUILDERS: dict[int, Callable[[int, int, int, Any], Message]] = {
     MsgType.HELLO: lambda n, s, f, c: Hello(
-        n, s, f, c.fw_major, c.fw_minor, c.fw_patch, c.protocol_version, c.board, bytes(c.uid), c.rate_hz,
+        n, s, f, c.fw_major, c.fw_minor, c.fw_patch, c.protocol_version, c.board, bytes(c.uid), c.boot_id, c.rate_hz,
         c.samples_per_frame, c.link, tuple(_imu_info(i) for i in c.imus)),
     MsgType.STATUS: lambda n, s, f, c: Status(
         n, s, f, c.uptime_us, c.free_heap, c.frames_dropped, c.ticks_missed, c.temp_cdeg,

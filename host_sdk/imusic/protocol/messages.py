@@ -111,6 +111,7 @@ HelloLayout = Struct(
     "protocol_version" / Int8ul,
     "board" / Str8,
     "uid" / Bytes(UID_SIZE),
+    "boot_id" / Int32ul,
     "rate_hz" / Int16ul,
     "samples_per_frame" / Int8ul,
     "link" / Int8ul,

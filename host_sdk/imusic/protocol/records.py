@@ -46,6 +46,7 @@ class Hello:
     protocol_version: int
     board: str
     uid: bytes
+    boot_id: int
     rate_hz: int
     samples_per_frame: int
     link: int

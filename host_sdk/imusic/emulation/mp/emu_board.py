@@ -13,6 +13,7 @@ imusic.emulation.launcher):
     faults        [{"imu": 3, "from_us": 1000000, "to_us": 2000000}]: the IMU (and its magnetometer)
                   stops answering in that device-time window
     uid           8-byte unique id as hex (default from "emu" + node id)
+    boot_seed     seed of boot_id() (with IMUSIC_EMU_BOOT, the boot number, from the launcher)
     max_seconds   device seconds after which the run ends cleanly (exit 0)
     max_frames    SAMPLES frames on the serial link after which the run ends cleanly
     reset_exit_code  exit status of reset(): the launcher restarts the node (a reboot)
@@ -182,6 +183,15 @@ def unique_id():
     if uid:
         return bytes.fromhex(uid)
     return b"emu\x00\x00\x00\x00\x00"
+
+
+def boot_id():
+    """Deterministic per boot, so runs repeat byte for byte: the node id and seed, mixed with the
+    boot number the launcher passes in IMUSIC_EMU_BOOT (0 at the first start, +1 per reset)."""
+    boot = int(os.getenv("IMUSIC_EMU_BOOT") or 0)
+    x = (settings.get("boot_seed", 0x5EED) * 2654435761 + boot * 40503 + 1) & 0xFFFFFFFF
+    x ^= x >> 15
+    return (x * 2246822519) & 0xFFFFFFFF
 
 
 def mem_free():
