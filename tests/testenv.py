@@ -24,14 +24,14 @@ def venv_tool(name: str) -> str | None:
 
 
 def micropython_binary() -> str | None:
-    """The MicroPython unix port: $IMUSIC_MICROPYTHON, the Makefile's venv, then PATH."""
-    env = os.environ.get("IMUSIC_MICROPYTHON")
-    if env and Path(env).exists():
-        return env
-    local = REPO / ".venv-mp" / "bin" / "micropython"
-    if local.exists():
-        return str(local)
-    return shutil.which("micropython")
+    """The MicroPython unix port, found the way `imusic emulate-node` finds it; None when missing."""
+    from imusic.emulation.launcher import find_micropython
+    from imusic.errors import UserError
+
+    try:
+        return find_micropython()
+    except UserError:
+        return None
 
 
 def firmware_files() -> list[Path]:

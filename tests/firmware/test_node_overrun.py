@@ -3,14 +3,12 @@ ticks (counted in STATUS) and goes on at the schedule: every frame stays evenly 
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
 
 from conftest import decode_all
-from imusic.emulation.launcher import MP_DIR, EmulatedNode, firmware_dir
+from imusic.emulation.launcher import EmulatedNode
 from imusic.protocol import Samples, Status
 
 HELPER = Path(__file__).resolve().parent / "mp_node" / "overrun.py"
@@ -18,13 +16,10 @@ HELPER = Path(__file__).resolve().parent / "mp_node" / "overrun.py"
 
 def test_overrun_skips_ticks_and_keeps_frames_evenly_spaced(tmp_path: Path, micropython: str) -> None:
     node = EmulatedNode(imus=3, rate_hz=200, clock="virtual", link="pty", workdir=tmp_path)
-    node._write_files()
-    env = dict(os.environ, MICROPYPATH=f".frozen:{firmware_dir()}:{MP_DIR}", IMUSIC_EMU=str(node.settings_path))
     # 10 ticks (t = 5..50 ms) = 2 full frames + 2 samples of the third. Then the clock jumps 7 1/3
     # periods: ticks 11..16 (55..80 ms) are wholly past and skipped, tick 17 (85 ms) is read a third
     # of a period late. Then 1.5 s more.
-    proc = subprocess.run([micropython, str(HELPER), "10", "7", "300"], capture_output=True, env=env,
-                          cwd=tmp_path, timeout=60)
+    proc = node.run_script(HELPER, "10", "7", "300", timeout=60)
     assert proc.returncode == 0, proc.stderr.decode()
     messages, decoder = decode_all(proc.stdout)
     samples = [m for m in messages if isinstance(m, Samples)]

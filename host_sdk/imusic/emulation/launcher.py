@@ -28,19 +28,12 @@ from typing import Any, Sequence
 
 import imusic
 from imusic.errors import UserError
+from imusic.flash import firmware_dir
 
 RESET_EXIT_CODE = 75  # emu_board.reset() exits with this; the node is then started again
 MP_DIR = Path(__file__).resolve().parent / "mp"
 CHIPS = ("qmi8658", "icm42688")
 DEFAULT_HEAP = "4m"
-
-
-def firmware_dir() -> Path:
-    """`firmware/` of the source checkout this package runs from."""
-    path = Path(imusic.__file__).resolve().parents[2] / "firmware"
-    if not (path / "main.py").exists():
-        raise UserError(f"firmware not found at {path}: run imusic from a source checkout")
-    return path
 
 
 def find_micropython() -> str:
@@ -193,12 +186,30 @@ class EmulatedNode:
 
     # ---- process
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        fw = firmware_dir()
+    def _env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["MICROPYPATH"] = f".frozen:{fw}:{MP_DIR}"
+        env["MICROPYPATH"] = f".frozen:{firmware_dir()}:{MP_DIR}"
         env["IMUSIC_EMU"] = str(self.settings_path)
         env["IMUSIC_EMU_BOOT"] = str(self.restarts)  # boot number: emu_board.boot_id() differs per boot
+        return env
+
+    def run_script(self, script: str | Path, *args: str, input: bytes = b"",
+                   timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+        """Run a MicroPython script on this emulated board instead of firmware/main.py: tests and
+        benchmarks drive the real node loop from it. With a file link the firmware writes the stream
+        itself, so the script's stdout carries only the script's own output. `input` is the
+        script's stdin (the serial link's host-to-node bytes); stdout and stderr come back as bytes."""
+        if self.link_kind == "file" and self.node_config is None:
+            self.node_config = node_config_for(self.layout, self.node_id, self.rate_hz,
+                                               {"type": "file", "path": str(self.link_target)})
+        self._write_files()
+        return subprocess.run([find_micropython(), "-X", f"heapsize={self.heap}", str(script), *args],
+                              input=input, capture_output=True, env=self._env(), cwd=self.workdir,
+                              timeout=timeout)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        fw = firmware_dir()
+        env = self._env()
         stdin = subprocess.PIPE if self.link_kind == "pty" else subprocess.DEVNULL
         if self.link_kind == "pty":
             stdout: Any = subprocess.PIPE
