@@ -81,3 +81,19 @@ def test_config_for_another_board_is_refused(config: Path) -> None:
 def test_port_that_does_not_exist_is_one_line(config: Path) -> None:
     proc = run_cli("flash", "--port", "/dev/ttyNOPE42", "--board", "rp2040", "--config", str(config))
     assert_one_line_error(proc, "/dev/ttyNOPE42", "does not exist")
+
+
+def test_hold_at_repl_sends_two_ctrl_c_and_waits_for_the_port() -> None:
+    import os
+    import tty
+
+    from imusic.flash import hold_at_repl
+
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    try:
+        hold_at_repl(os.ttyname(slave), settle_s=2)
+        assert os.read(master, 16) == b"\x03\x03"  # what the node's link reads as "hold at the REPL"
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -4,9 +4,8 @@ One call of `Node.step()` is one sample tick: answer whatever arrived on the lin
 tick, read every IMU into the SAMPLES buffer, send the frame when it is full, send STATUS once a
 second, feed the watchdog. In the steady state (nothing arriving, no chip failing) a step
 allocates nothing: every frame buffer and the views into it are made when the stream is
-configured (boot, SET_RATE, SET_RANGES). Two known exceptions, both outside the per-tick path:
-the temperature in STATUS (a float) is refreshed once a minute, and on 32-bit ports the CRC that
-binascii.crc32 returns is a big int whenever it is >= 2**30.
+configured (boot, SET_RATE, SET_RANGES). One known exception, outside the per-tick path: the
+temperature in STATUS (a float) is refreshed once a minute.
 """
 
 import gc
@@ -112,7 +111,6 @@ class Node:
         gc.collect()
         self.sbuf = bytearray(proto.OVERHEAD + self.full_len)
         mv = memoryview(self.sbuf)
-        self.s_crc_view = mv[2:proto.PAYLOAD + self.full_len]
         self.s_out_view = mv[:proto.OVERHEAD + self.full_len]
         struct.pack_into("<IBBH", self.sbuf, PERIOD, self.period_us, self.spf, n, 0)
         sampler.bind(self.sbuf, STATUS_BYTES, STATUS_BYTES + n, self.spf)
@@ -120,7 +118,6 @@ class Node:
         self.stbuf = bytearray(proto.OVERHEAD + status_len)
         mv = memoryview(self.stbuf)
         self.st_len = status_len
-        self.st_crc_view = mv[2:proto.PAYLOAD + status_len]
         self.st_out_view = mv[:proto.OVERHEAD + status_len]
         self.k = 0
         self.ticks_in_second = 0
@@ -209,16 +206,13 @@ class Node:
         buf = self.sbuf
         if n == self.spf:
             length = self.full_len
-            crc_view = self.s_crc_view
             out = self.s_out_view
-        else:  # a short frame before skipped ticks (allocates: not the steady state)
+        else:  # a short frame before skipped ticks (slices, so allocates: not the steady state)
             length = proto.SAMPLES_FIXED + self.sampler.n + n * self.stride
-            mv = memoryview(buf)
-            crc_view = mv[2:proto.PAYLOAD + length]
-            out = mv[:proto.OVERHEAD + length]
+            out = memoryview(buf)[:proto.OVERHEAD + length]
         buf[N_SAMPLES] = n
         proto.header(buf, proto.SAMPLES, 0, self.node_id, self._next_seq(), length)
-        proto.seal(buf, crc_view, length)
+        proto.seal(buf, length)
         self._send(out)
 
     def _send_status(self):
@@ -231,7 +225,7 @@ class Node:
             struct.pack_into("<HH", buf, off, slot.fifo_overflows, slot.i2c_errors)
             off += 4
         proto.header(buf, proto.STATUS, 0, self.node_id, self._next_seq(), self.st_len)
-        proto.seal(buf, self.st_crc_view, self.st_len)
+        proto.seal(buf, self.st_len)
         self._send(self.st_out_view)
 
     def _refresh_temperature(self):
@@ -282,7 +276,7 @@ class Node:
             p += 16
         length = p - proto.PAYLOAD
         proto.header(out, proto.HELLO, flags, self.node_id, self._next_seq(), length)
-        size = proto.seal_any(out, length)
+        size = proto.seal(out, length)
         if flags & proto.FLAG_ANNOUNCE:
             self.link.announce(memoryview(out)[:size])
         else:
@@ -356,7 +350,7 @@ class Node:
         length = proto.TIME_SYNC_REPLY_SIZE
         proto.header(out, proto.TIME_SYNC_REPLY, 0, self.node_id, self._next_seq(), length)
         self.clock.pack_now(out, base + 20)  # t2: just before the reply is written
-        self._send_out(proto.seal_any(out, length))
+        self._send_out(proto.seal(out, length))
 
     def _hold_at_repl(self):
         """Reboot into the REPL: the watchdog cannot be stopped, so only a fresh boot that skips

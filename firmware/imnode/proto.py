@@ -1,11 +1,15 @@
 """Wire protocol version 1 (docs/protocol.md): constants and packers into preallocated buffers.
 
 Frames are built in place: the caller owns a bytearray, the payload is packed at PAYLOAD, then
-`header()` and `seal()` finish it. Nothing here allocates except `seal_any()`, which slices.
+`header()` and `seal()` finish it. Nothing here allocates: the CRC-32 is computed by a viper
+function that writes it into the frame, because `binascii.crc32` returns a heap integer for every
+CRC >= 2**30 on the boards' 32-bit ports.
 """
 
 import struct
-from binascii import crc32
+from array import array
+
+import micropython
 from micropython import const
 
 VERSION = const(1)
@@ -95,15 +99,49 @@ def header(buf, msg_type, flags, node_id, seq, length):
     struct.pack_into("<BBBBBBHH", buf, 0, SYNC0, SYNC1, VERSION, msg_type, flags, node_id, seq, length)
 
 
-def seal(buf, crc_view, length):
-    """Append the CRC of `crc_view` (a view of buf[2:10+length] made once) after the payload."""
-    struct.pack_into("<I", buf, PAYLOAD + length, crc32(crc_view))
+def _crc_table():
+    # CRC-32 (zlib/binascii: reflected polynomial 0xEDB88320). Built once at import.
+    table = array("I", [0] * 256)
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+        table[n] = c
+    return table
+
+
+CRC_TABLE = _crc_table()
+
+
+@micropython.viper
+def crc32_at(buf, start: int, end: int, table, write: int) -> int:
+    """CRC-32 of buf[start:end], in machine words (no heap). With `write`, store it little-endian
+    at buf[end:end+4] and return 1; else return 1 when the four bytes there hold it, 0 if not."""
+    p = ptr8(buf)
+    t = ptr32(table)
+    crc = uint(0xFFFFFFFF)
+    i = start
+    while i < end:
+        crc = uint(t[int((crc ^ uint(p[i])) & uint(0xFF))]) ^ (crc >> 8)
+        i += 1
+    crc = crc ^ uint(0xFFFFFFFF)
+    b0 = int(crc & uint(0xFF))
+    b1 = int((crc >> 8) & uint(0xFF))
+    b2 = int((crc >> 16) & uint(0xFF))
+    b3 = int((crc >> 24) & uint(0xFF))
+    if write:
+        p[end] = b0
+        p[end + 1] = b1
+        p[end + 2] = b2
+        p[end + 3] = b3
+        return 1
+    return 1 if p[end] == b0 and p[end + 1] == b1 and p[end + 2] == b2 and p[end + 3] == b3 else 0
+
+
+def seal(buf, length):
+    """Append the CRC of header and payload (buf[2:10+length]); return the frame's size."""
+    crc32_at(buf, 2, PAYLOAD + length, CRC_TABLE, 1)
     return OVERHEAD + length
-
-
-def seal_any(buf, length):
-    """seal() for frames whose length changes (control messages): slices, so it allocates."""
-    return seal(buf, memoryview(buf)[2:PAYLOAD + length], length)
 
 
 def pack_u64(buf, offset, hi, lo):
@@ -124,13 +162,13 @@ def pack_str8(buf, offset, text):
 def pack_ack(buf, node_id, seq, cmd_seq, command):
     struct.pack_into("<HB", buf, PAYLOAD, cmd_seq, command)
     header(buf, ACK, 0, node_id, seq, 3)
-    return seal_any(buf, 3)
+    return seal(buf, 3)
 
 
 def pack_nack(buf, node_id, seq, cmd_seq, command, error):
     struct.pack_into("<HBB", buf, PAYLOAD, cmd_seq, command, error)
     header(buf, NACK, 0, node_id, seq, 4)
-    return seal_any(buf, 4)
+    return seal(buf, 4)
 
 
 def pack_log(buf, node_id, seq, level, text):
@@ -139,7 +177,7 @@ def pack_log(buf, node_id, seq, level, text):
     buf[PAYLOAD] = level
     buf[PAYLOAD + 1:PAYLOAD + 1 + n] = data[:n]
     header(buf, LOG, 0, node_id, seq, n + 1)
-    return seal_any(buf, n + 1)
+    return seal(buf, n + 1)
 
 
 def check_frame(buf, start, available, max_payload):
@@ -156,8 +194,6 @@ def check_frame(buf, start, available, max_payload):
     total = OVERHEAD + length
     if available < total:
         return 0
-    end = start + PAYLOAD + length
-    crc = buf[end] | (buf[end + 1] << 8) | (buf[end + 2] << 16) | (buf[end + 3] << 24)
-    if crc != crc32(memoryview(buf)[start + 2:end]):
+    if not crc32_at(buf, start + 2, start + PAYLOAD + length, CRC_TABLE, 0):
         return -1
     return total

@@ -95,6 +95,8 @@ class FlashPlan:
                  f"({'precompiled .mpy for ' + self.arch if self.compile_mpy else 'source .py files'})"]
         if self.compile_mpy:
             lines.append(f"# compile: mpy-cross -march={self.arch} <file>.py for every module except main.py")
+        lines.append(f"# hand the board to the REPL: send Ctrl-C twice on {self.port} (a running node "
+                     "reboots into a REPL hold, skipping its loop and watchdog once), wait for the port")
         lines += [" ".join(shlex.quote(part) for part in cmd) for cmd in self.commands(mpremote)]
         return "\n".join(lines)
 
@@ -144,6 +146,32 @@ def _compile(plan: FlashPlan) -> None:
     plan.files = compiled
 
 
+def hold_at_repl(port: str, settle_s: float = 10.0) -> None:
+    """Stop a running node so mpremote can work: the node's serial link treats two Ctrl-C bytes
+    outside any frame as "reboot into the REPL and stay there" (docs/firmware.md). A USB board
+    re-enumerates on reset, so wait until the port answers again. Harmless on a board already at
+    its REPL."""
+    import time
+
+    import serial
+
+    try:
+        with serial.Serial(port, 115200, timeout=0.2) as link:
+            link.write(b"\x03\x03")
+            link.flush()
+    except (serial.SerialException, OSError) as exc:
+        raise UserError(f"cannot open {port}: {exc}") from None
+    time.sleep(1.0)  # the reset itself
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline:
+        try:
+            with serial.Serial(port, 115200, timeout=0.2):
+                return
+        except (serial.SerialException, OSError):
+            time.sleep(0.25)
+    raise UserError(f"{port} did not come back after the board's reset")
+
+
 def carry_out(plan: FlashPlan) -> None:
     mpremote = shutil.which("mpremote") or str(Path(sys.executable).parent / "mpremote")
     if not Path(mpremote).exists():
@@ -152,6 +180,8 @@ def carry_out(plan: FlashPlan) -> None:
         raise UserError(f"serial port {plan.port} does not exist")
     if plan.compile_mpy:
         _compile(plan)
+    if not plan.port.startswith(("auto", "id:")):
+        hold_at_repl(plan.port)
     try:
         for cmd in plan.commands(mpremote):
             proc = subprocess.run(cmd, capture_output=True, text=True)
