@@ -113,9 +113,9 @@ def plan_flash(port: str, board: str, config_path: Path, *, compile_mpy: bool = 
         rel = src.relative_to(fw)
         if "__pycache__" in rel.parts:
             continue
-        # Only board files of this board's port go on it (variants import their family's file,
-        # e.g. picow from rp2040); other ports' files would be dead weight in flash.
-        if rel.parent.name == "boards" and rel.stem != "__init__" and BOARDS.get(rel.stem, ("",))[0] != BOARDS[board][0]:
+        # Board files of other ports would be dead weight in flash; this port's all go (variants
+        # import their family's file, e.g. picow from rp2040), and so do shared modules (common).
+        if rel.parent.name == "boards" and rel.stem in BOARDS and BOARDS[rel.stem][0] != BOARDS[board][0]:
             continue
         dst = rel.as_posix()
         if compile_mpy and rel.name != "main.py":  # main.py must stay source: the board runs it by name

@@ -1,72 +1,23 @@
-"""Classic ESP32 (e.g. ESP32-DevKitC / WROOM-32): two hardware I2C buses, UART1, Wi-Fi.
+"""Classic ESP32 (e.g. ESP32-DevKitC / WROOM-32): two hardware I2C buses, UART1, Wi-Fi."""
 
-The ESP32-S3 and -C3 board files reuse the helpers here with their own pins.
-"""
-
-import gc
-import os
-import sys
-import time
-
-import machine
-import micropython
-import network
-import socket
+from imnode.boards.common import (CONFIG_PATH, TICKS_PERIOD, boot_id, make_i2c, make_led, make_uart,  # noqa: F401
+                                   mem_free, reset, serial, sleep_us, ticks_add, ticks_diff, ticks_us,
+                                   unique_id, wdt_feed, wdt_start, wifi_udp)
 
 NAME = "esp32"
-CONFIG_PATH = "node.json"
-TICKS_PERIOD = 1 << 30
-ticks_us = time.ticks_us
-ticks_diff = time.ticks_diff
-ticks_add = time.ticks_add
-sleep_us = time.sleep_us
-
-I2C_FREQ = 400000
 I2C_PINS = ((21, 22), (25, 26))  # (sda, scl) of bus 0 and bus 1
 N_I2C = len(I2C_PINS)
 LED_PIN = 2
 UART_ID = 1
 UART_PINS = (17, 16)  # (tx, rx)
-WIFI_TIMEOUT_MS = 15000
-
-_buses = {}
-_wdt = None
-_led = None
-
-
-def make_i2c(pins, bus):
-    """Hardware I2C controller `bus` on pins[bus], made once."""
-    if bus not in _buses:
-        sda, scl = pins[bus]
-        _buses[bus] = machine.I2C(bus, sda=machine.Pin(sda), scl=machine.Pin(scl), freq=I2C_FREQ)
-    return _buses[bus]
 
 
 def i2c(bus):
     return make_i2c(I2C_PINS, bus)
 
 
-def make_led(pin, on):
-    global _led
-    if _led is None:
-        _led = machine.Pin(pin, machine.Pin.OUT)
-    _led.value(1 if on else 0)
-
-
 def led(on):
     make_led(LED_PIN, on)
-
-
-def serial():
-    """USB-CDC / REPL port as binary streams; Ctrl-C bytes in commands must not interrupt."""
-    micropython.kbd_intr(-1)
-    return sys.stdin.buffer, sys.stdout.buffer
-
-
-def make_uart(uart_id, pins, baud):
-    tx, rx = pins
-    port = machine.UART(uart_id, baudrate=baud, tx=tx, rx=rx, txbuf=4096, rxbuf=512)
-    return port, port
 
 
 def uart(baud):
@@ -74,52 +25,8 @@ def uart(baud):
 
 
 def udp(host, port, cfg):
-    """Join the configured Wi-Fi and return a non-blocking UDP socket, or None."""
-    if not cfg.wifi_ssid:
-        return None
-    wlan = network.WLAN(network.STA_IF)
-    wlan.active(True)
-    if not wlan.isconnected():
-        wlan.connect(cfg.wifi_ssid, cfg.wifi_password)
-        start = time.ticks_ms()
-        while not wlan.isconnected():
-            if time.ticks_diff(time.ticks_ms(), start) > WIFI_TIMEOUT_MS:
-                return None
-            time.sleep_ms(100)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-    sock.bind(("0.0.0.0", port))
-    sock.setblocking(False)
-    return sock
-
-
-def wdt_start(timeout_ms):
-    global _wdt
-    _wdt = machine.WDT(timeout=timeout_ms)
-
-
-def wdt_feed():
-    if _wdt is not None:
-        _wdt.feed()
-
-
-def reset():
-    machine.reset()
-
-
-def unique_id():
-    return machine.unique_id()
-
-
-def boot_id():
-    """A fresh random u32 each boot (hardware RNG): tells the host a restart from a repeat."""
-    b = os.urandom(4)
-    return b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24)
-
-
-def mem_free():
-    return gc.mem_free()
+    return wifi_udp(port, cfg)
 
 
 def mcu_temp_c():
-    return None
+    return None  # the classic ESP32's internal sensor is uncalibrated: report none rather than noise

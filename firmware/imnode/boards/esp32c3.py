@@ -1,11 +1,12 @@
-"""ESP32-C3 (e.g. ESP32-C3-DevKitM-1): one I2C controller, UART1, Wi-Fi."""
+"""ESP32-C3 (e.g. ESP32-C3-DevKitM-1): a single I2C controller, UART1, Wi-Fi."""
 
-from imnode.boards.esp32 import (CONFIG_PATH, TICKS_PERIOD, make_i2c, make_led, make_uart, mem_free,  # noqa: F401
-                                 boot_id, reset, serial, sleep_us, ticks_add, ticks_diff, ticks_us, udp, unique_id,
-                                 wdt_feed, wdt_start)
+from imnode.boards.common import (CONFIG_PATH, TICKS_PERIOD, boot_id, make_i2c, make_led, make_uart,  # noqa: F401
+                                   mem_free, reset, serial, sleep_us, ticks_add, ticks_diff, ticks_us,
+                                   unique_id, wdt_feed, wdt_start, wifi_udp)
+from imnode.boards.esp32s3 import mcu_temp_c  # noqa: F401  (same internal sensor API)
 
 NAME = "esp32c3"
-I2C_PINS = ((4, 5),)  # (sda, scl): the C3 has a single I2C controller
+I2C_PINS = ((4, 5),)  # (sda, scl): the C3 has one I2C controller
 N_I2C = len(I2C_PINS)
 LED_PIN = 8
 UART_ID = 1
@@ -24,8 +25,5 @@ def uart(baud):
     return make_uart(UART_ID, UART_PINS, baud)
 
 
-def mcu_temp_c():
-    # esp32.mcu_temperature() exists on the S2/S3/C3 builds of MicroPython 1.21 and later.
-    import esp32
-    read = getattr(esp32, "mcu_temperature", None)
-    return read() if read is not None else None
+def udp(host, port, cfg):
+    return wifi_udp(port, cfg)

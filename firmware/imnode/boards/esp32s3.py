@@ -1,11 +1,11 @@
 """ESP32-S3 (e.g. ESP32-S3-DevKitC-1): two I2C buses, UART1, Wi-Fi."""
 
-from imnode.boards.esp32 import (CONFIG_PATH, TICKS_PERIOD, make_i2c, make_led, make_uart, mem_free,  # noqa: F401
-                                 boot_id, reset, serial, sleep_us, ticks_add, ticks_diff, ticks_us, udp, unique_id,
-                                 wdt_feed, wdt_start)
+from imnode.boards.common import (CONFIG_PATH, TICKS_PERIOD, boot_id, make_i2c, make_led, make_uart,  # noqa: F401
+                                   mem_free, reset, serial, sleep_us, ticks_add, ticks_diff, ticks_us,
+                                   unique_id, wdt_feed, wdt_start, wifi_udp)
 
 NAME = "esp32s3"
-I2C_PINS = ((8, 9), (17, 18))  # (sda, scl)
+I2C_PINS = ((8, 9), (17, 18))  # (sda, scl) of bus 0 and bus 1
 N_I2C = len(I2C_PINS)
 LED_PIN = 2
 UART_ID = 1
@@ -22,6 +22,10 @@ def led(on):
 
 def uart(baud):
     return make_uart(UART_ID, UART_PINS, baud)
+
+
+def udp(host, port, cfg):
+    return wifi_udp(port, cfg)
 
 
 def mcu_temp_c():
