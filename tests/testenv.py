@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,8 +16,6 @@ REAL_IMU = REPO.parent / "shared" / "data" / "real-imu"
 
 def venv_tool(name: str) -> str | None:
     """A console script of the test environment, found beside the running interpreter first."""
-    import sys
-
     beside = Path(sys.executable).parent / name
     if beside.exists():
         return str(beside)
@@ -38,16 +37,13 @@ def firmware_files() -> list[Path]:
     return sorted(p for p in FIRMWARE.rglob("*.py") if "__pycache__" not in p.parts)
 
 
-def run_cli(*args: str, timeout: float = 60, **kwargs) -> "subprocess.CompletedProcess[str]":
+def run_cli(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess[str]:
     """Run ``imusic ARGS`` in a subprocess, the way a user would."""
-    import subprocess
-    import sys
-
     return subprocess.run([sys.executable, "-m", "imusic.cli", *args], capture_output=True, text=True,
                           timeout=timeout, **kwargs)
 
 
-def assert_one_line_error(proc: "subprocess.CompletedProcess[str]", *needles: str) -> None:
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
     """Bad input: non-zero exit, exactly one line on stderr, no traceback, and it names the problem."""
     assert proc.returncode != 0, proc
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -12,8 +12,8 @@ from typing import Any, Callable
 import pytest
 
 from imusic.emulation.launcher import EmulatedNode
-from imusic.protocol import (Ack, Cmd, Hello, MsgType, Nack, NackError, Samples, Status, StreamDecoder,
-                             TimeSyncReply, encode_command, encode_frame, encode_time_sync_request)
+from imusic.protocol import (Ack, Cmd, Hello, Nack, NackError, Samples, Status, StreamDecoder,
+                             TimeSyncReply, encode_command, encode_time_sync_request)
 
 NODE_ID = 2
 WAIT_S = 20.0  # a guard against a hung node, not a timing requirement

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from conftest import decode_all, run_emulated_to_file
 from imusic.emulation.launcher import Fault, build_layout

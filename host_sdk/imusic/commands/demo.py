@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     print("summary:")
     ok = True
-    for i, dec in enumerate(decoders):
+    for dec in decoders:
         for node_id, st in dec.nodes.items():
             print(f"  node {node_id}: {st.frames} frames, {st.samples} IMU-samples, {st.rate_hz:.1f} Hz, "
                   f"lost {st.lost_frames}, CRC errors {dec.stats.crc_errors}, garbage bytes {dec.stats.garbage_bytes}")
