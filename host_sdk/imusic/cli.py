@@ -21,6 +21,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("imusic.commands.decode", "decode a raw byte stream file and summarise it"),
     "flash": ("imusic.commands.flash", "copy the firmware and a config to a board with mpremote"),
     "demo": ("imusic.commands.demo", "emulated nodes streaming into the host decoder, with a live summary"),
+    "record": ("imusic.commands.record", "record a session's raw bytes (both directions) to a .imu file"),
+    "replay": ("imusic.commands.replay", "run a recording through the session pipeline"),
+    "stats": ("imusic.commands.stats", "decode and align a recording; per-node statistics"),
+    "export": ("imusic.commands.export", "export a recording's aligned frames to npz, csv or hdf5"),
+    "nodes": ("imusic.commands.nodes", "list nodes answering on serial ports and announcing on UDP"),
 }
 
 

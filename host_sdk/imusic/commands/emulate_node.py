@@ -1,7 +1,8 @@
 """`imusic emulate-node`: the real firmware under MicroPython with emulated IMUs.
 
 Prints where the stream goes (the pty path for pyserial, or the UDP/file destination) on stdout,
-then runs until --seconds of device time have passed or Ctrl-C.
+then runs until --seconds of device time have passed or Ctrl-C. The "imperfections" options make
+the node and its link misbehave in controlled, seeded ways (docs/firmware.md, "Emulation").
 """
 
 from __future__ import annotations
@@ -30,6 +31,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", default="1", help="seed of the emulated motion (default 1)")
     parser.add_argument("--fail", action="append", default=[], metavar="IMU:T1:T2",
                         help="IMU slot IMU stops answering from T1 to T2 seconds of device time (repeatable)")
+    knobs = parser.add_argument_group("imperfections", "a node and link that are not ideal, for testing hosts")
+    knobs.add_argument("--offset-us", default="0", help="the device clock starts at this value instead of 0 "
+                                                        "(0 .. 535870911)")
+    knobs.add_argument("--drift-ppm", default="0", help="the device clock runs this many ppm fast (negative: "
+                                                        "slow) against the host clock (realtime clock)")
+    knobs.add_argument("--delay-ms", default="0", help="node-to-host bytes arrive this much later (pty, UDP)")
+    knobs.add_argument("--jitter-ms", default="0", help="plus a random 0 .. this many ms each (seeded)")
+    knobs.add_argument("--loss", default="0", help="fraction of SAMPLES frames the node drops, e.g. 0.1 "
+                                                   "(seeded; each drop is a line on the emulator's stderr)")
+    knobs.add_argument("--reboot-after", default=None, metavar="S", help="the node resets itself once, after S "
+                                                                          "seconds of uptime")
+    knobs.add_argument("--reopen-after", default=None, metavar="S[:DOWN_S]",
+                       help="close the pty after S seconds and offer a new one DOWN_S (default 1) later")
+    knobs.add_argument("--pty-link", default=None, metavar="PATH",
+                       help="keep a symlink at PATH pointing at the current pty (stable across --reopen-after)")
 
 
 def _int(name: str, text: str, lo: int, hi: int) -> int:
@@ -52,6 +68,21 @@ def _seconds(name: str, text: str) -> float:
     return value
 
 
+def _number(name: str, text: str, lo: float, hi: float) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number, not {text!r}") from None
+    if not lo <= value <= hi:  # also refuses NaN
+        raise UserError(f"{name} must be {lo:g} .. {hi:g}, not {text}")
+    return value
+
+
+def parse_reopen(spec: str) -> tuple[float, float]:
+    after, _, down = spec.partition(":")
+    return _seconds("--reopen-after S", after), _seconds("--reopen-after DOWN_S", down) if down else 1.0
+
+
 def parse_fault(spec: str, n_imus: int) -> Fault:
     from imusic.emulation.launcher import Fault
 
@@ -67,7 +98,7 @@ def parse_fault(spec: str, n_imus: int) -> Fault:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imusic.emulation.launcher import EmulatedNode, parse_link
+    from imusic.emulation.launcher import MAX_OFFSET_US, EmulatedNode, parse_link
 
     n_imus = _int("--imus", args.imus, 1, 16)
     rate = _int("--rate", args.rate, 0, 100000)
@@ -81,12 +112,25 @@ def run(args: argparse.Namespace) -> int:
     seconds = _seconds("--seconds", args.seconds) if args.seconds is not None else None
     kind, target = parse_link(args.link)
     faults = [parse_fault(f, n_imus) for f in args.fail]
+    offset_us = _int("--offset-us", args.offset_us, 0, MAX_OFFSET_US)
+    drift_ppm = _int("--drift-ppm", args.drift_ppm, -100_000, 100_000)
+    delay_ms = _number("--delay-ms", args.delay_ms, 0, 10_000)
+    jitter_ms = _number("--jitter-ms", args.jitter_ms, 0, 10_000)
+    loss = _number("--loss", args.loss, 0, 1)
+    reboot_after = _seconds("--reboot-after", args.reboot_after) if args.reboot_after is not None else None
+    reopen = parse_reopen(args.reopen_after) if args.reopen_after is not None else None
+    if (reopen is not None or args.pty_link) and kind != "pty":
+        raise UserError("--reopen-after and --pty-link need --link pty")
+    if (delay_ms or jitter_ms) and kind == "file":
+        raise UserError("--delay-ms and --jitter-ms need --link pty or udp (a file has no arrival times)")
 
     node = EmulatedNode(imus=n_imus, rate_hz=rate, node_id=node_id, link=args.link, clock=args.clock,
-                        start_us=start_us, seed=seed, faults=faults, max_seconds=seconds)
+                        start_us=start_us, seed=seed, faults=faults, max_seconds=seconds, offset_us=offset_us,
+                        drift_ppm=drift_ppm, delay_ms=delay_ms, jitter_ms=jitter_ms, loss=loss,
+                        reboot_after_s=reboot_after, reopen_after=reopen, pty_link=args.pty_link)
     with node:
         if kind == "pty":
-            print(node.pty_path, flush=True)
+            print(node.port_path, flush=True)
         elif kind == "udp":
             print(f"udp:{target[0]}:{target[1]}", flush=True)
         else:

@@ -11,20 +11,32 @@ node's byte stream:
 
 A node that resets (REBOOT) exits with the emulator's reset code and is started again, like a board
 coming back up.
+
+Knobs for testing a host against imperfect nodes and links (docs/firmware.md, "Emulation"):
+`offset_us` and `drift_ppm` (the node's clock; emu_clock), `loss` (SAMPLES frames dropped on the
+firmware's side; emu_board), `reboot_after_s` (the first boot resets itself), and here, in the relay:
+`delay_ms`/`jitter_ms` (node-to-host bytes held back, deterministic from the seed; for UDP the
+relay becomes a proxy between the firmware and HOST:PORT) and `reopen_after` (the pty is closed and
+a new one offered later, at the stable path `pty_link`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import re
 import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import tty
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import imusic
 from imusic.errors import UserError
@@ -34,6 +46,8 @@ RESET_EXIT_CODE = 75  # emu_board.reset() exits with this; the node is then star
 MP_DIR = Path(__file__).resolve().parent / "mp"
 CHIPS = ("qmi8658", "icm42688")
 DEFAULT_HEAP = "4m"
+MAX_OFFSET_US = (1 << 29) - 1_000_000  # emu_clock.MAX_OFFSET_US
+DROP_LINE = re.compile(r"^emu: dropped SAMPLES seq (\d+)$", re.M)
 
 
 def find_micropython() -> str:
@@ -98,6 +112,19 @@ class EmulatedNode:
 
     link: ``"pty"``, ``"udp:HOST:PORT"`` or ``"file:PATH"``.
     node_config: replaces the generated node.json (a dict, or raw text to test bad files).
+
+    Imperfections (all off by default):
+    offset_us: the device clock reads this much more than the node's uptime (start_us, by contrast,
+        only places the raw tick counter, i.e. where the 2^30 wrap falls; device time starts at 0).
+    drift_ppm: the device clock runs this many ppm fast (negative: slow) against the host's
+        monotonic clock; exact in realtime mode (virtual time has no reference to drift from).
+    delay_ms, jitter_ms: node-to-host bytes reach the host delay_ms + U(0, jitter_ms) late (pty and
+        UDP), drawn from the seed; the relay never reorders them.
+    loss: fraction of SAMPLES frames dropped by the firmware's link (seeded); dropped_frames() lists
+        their sequence numbers.
+    reboot_after_s: the node resets itself once, after this much uptime.
+    reopen_after: (after_s, down_s): the pty is closed after_s seconds after start and a new one is
+        offered down_s later (pty only); pty_link: a symlink kept pointing at the current pty.
     """
 
     def __init__(self, *, imus: int | Sequence[dict[str, Any]] = 11, rate_hz: int = 100, node_id: int = 1,
@@ -105,11 +132,31 @@ class EmulatedNode:
                  seed: int = 1, source: dict[str, Any] | None = None, faults: Sequence[Fault] = (),
                  max_seconds: float | None = None, max_frames: int | None = None,
                  node_config: dict[str, Any] | str | None = None, workdir: str | Path | None = None,
-                 heap: str = DEFAULT_HEAP) -> None:
+                 heap: str = DEFAULT_HEAP, offset_us: int = 0, delay_ms: float = 0.0, jitter_ms: float = 0.0,
+                 loss: float = 0.0, reboot_after_s: float | None = None,
+                 reopen_after: tuple[float, float] | None = None, pty_link: str | Path | None = None) -> None:
         self.layout = build_layout(imus) if isinstance(imus, int) else [dict(e) for e in imus]
         if clock not in ("realtime", "virtual"):
             raise UserError(f"clock must be realtime or virtual, not {clock!r}")
         self.link_kind, self.link_target = parse_link(link)
+        if not 0 <= offset_us <= MAX_OFFSET_US:
+            raise UserError(f"offset must be 0 .. {MAX_OFFSET_US} us (half the 2^30 tick period), not {offset_us}")
+        if not (0 <= delay_ms <= 10_000 and 0 <= jitter_ms <= 10_000):
+            raise UserError("delay and jitter must be 0 .. 10000 ms")
+        if not 0 <= loss <= 1:
+            raise UserError(f"loss must be a fraction 0 .. 1, not {loss}")
+        if (delay_ms or jitter_ms) and self.link_kind == "file":
+            raise UserError("delay and jitter need a pty or UDP link (a file has no arrival times)")
+        if (reopen_after is not None or pty_link is not None) and self.link_kind != "pty":
+            raise UserError("reopening the link and --pty-link need the pty link")
+        self.offset_us = offset_us
+        self.delay_ms = delay_ms
+        self.jitter_ms = jitter_ms
+        self.loss = loss
+        self.reboot_after_s = reboot_after_s
+        self.reopen_after = reopen_after
+        self.pty_link = Path(pty_link) if pty_link is not None else None
+        self.reopens = 0  # times the pty was closed and a new one offered
         self.rate_hz = rate_hz
         self.node_id = node_id
         self.clock = clock
@@ -134,6 +181,13 @@ class EmulatedNode:
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        # relay delay: (release time, bytes, UDP destination or None), released in order
+        self._delayed: deque[tuple[float, bytes, Any]] = deque()
+        self._delayed_cond = threading.Condition()
+        self._last_release = 0.0
+        self._rng = random.Random(seed * 1_000_003 + node_id)
+        self._proxy: Any = None  # UDP proxy socket (delay/jitter on UDP)
+        self._proxy_node_addr: Any = None
 
     # ---- files
 
@@ -155,11 +209,30 @@ class EmulatedNode:
         except FileNotFoundError:
             return ""
 
+    def dropped_frames(self) -> list[int]:
+        """Sequence numbers of the SAMPLES frames the loss knob dropped so far, in order (all boots)."""
+        return [int(m) for m in DROP_LINE.findall(self.stderr_text())]
+
+    @property
+    def port_path(self) -> str | None:
+        """What a host opens: the stable pty_link when given, else the current pty."""
+        return str(self.pty_link) if self.pty_link is not None else self.pty_path
+
+    @property
+    def _relayed(self) -> bool:
+        return bool(self.delay_ms or self.jitter_ms)
+
     def _firmware_link(self) -> dict[str, Any]:
         if self.link_kind == "udp":
-            host, port = self.link_target
+            host, port = self._udp_destination()
             return {"type": "udp", "host": host, "port": port}
         return {"type": "serial"}
+
+    def _udp_destination(self) -> tuple[str, int]:
+        """Where the firmware sends: the host's HOST:PORT, or the delaying proxy in between."""
+        if self._proxy is not None:
+            return self._proxy.getsockname()[:2]
+        return self.link_target
 
     def _write_files(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -168,19 +241,28 @@ class EmulatedNode:
         else:
             config = self.node_config or node_config_for(self.layout, self.node_id, self.rate_hz,
                                                          self._firmware_link())
+            link = config.get("link")
+            if self._proxy is not None and isinstance(link, dict) and link.get("type") == "udp":
+                # the proxy stands in for the host: the node sends (or announces) to it
+                host, port = self._udp_destination()
+                config = dict(config, link=dict(link, port=port, host=host if link.get("host") else None))
             self.config_path.write_text(json.dumps(config, indent=1))
         settings = {
             "config_path": str(self.config_path),
             "buses": 2,
             "imus": self.layout,
             "source": self.source,
-            "clock": {"mode": self.clock, "start_us": self.start_us, "drift_ppm": self.drift_ppm},
+            "clock": {"mode": self.clock, "start_us": self.start_us, "drift_ppm": self.drift_ppm,
+                      "offset_us": self.offset_us},
             "faults": [{"imu": f.imu, "from_us": f.from_us, "to_us": f.to_us} for f in self.faults],
             "uid": (b"emu" + self.node_id.to_bytes(1, "little") + bytes(4)).hex(),
             "boot_seed": self.node_id * 1000 + int(self.source.get("seed", 0)),
             "max_seconds": self.max_seconds or 0,
             "max_frames": self.max_frames or 0,
             "reset_exit_code": RESET_EXIT_CODE,
+            "reboot_after_s": self.reboot_after_s or 0,
+            "loss": self.loss,
+            "loss_seed": self.node_id * 1000 + int(self.source.get("seed", 0)),
         }
         self.settings_path.write_text(json.dumps(settings, indent=1))
 
@@ -224,23 +306,77 @@ class EmulatedNode:
     def start(self) -> "EmulatedNode":
         find_micropython()
         firmware_dir()
+        if self.link_kind == "udp" and self._relayed:
+            import socket
+
+            self._proxy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self._proxy.bind(("127.0.0.1", 0))
         self._write_files()
         if self.link_kind == "pty":
-            self._master, self._slave = os.openpty()
-            tty.setraw(self._slave)  # bytes pass unchanged: no echo, no newline translation
-            self.pty_path = os.ttyname(self._slave)
-            os.set_blocking(self._master, False)
+            self._open_pty()
         elif self.link_kind == "file":
             self._out_file = open(self.link_target, "wb")
         self._proc = self._spawn()
-        supervisor = threading.Thread(target=self._supervise, name="emu-node", daemon=True)
-        self._threads.append(supervisor)
-        supervisor.start()
+        self._start_thread(self._supervise, "emu-node")
         if self.link_kind == "pty":
-            to_node = threading.Thread(target=self._pty_to_node, name="emu-pty-in", daemon=True)
-            self._threads.append(to_node)
-            to_node.start()
+            self._start_thread(self._pty_to_node, "emu-pty-in")
+        if self._proxy is not None:
+            self._start_thread(self._udp_proxy, "emu-udp-proxy")
+        if self._relayed:
+            self._start_thread(self._release_delayed, "emu-delay")
+        if self.reopen_after is not None:
+            self._start_thread(self._reopen_later, "emu-reopen")
         return self
+
+    def _start_thread(self, target: Any, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    # ---- the pty and its reopening
+
+    def _open_pty(self) -> None:
+        master, slave = os.openpty()
+        tty.setraw(slave)  # bytes pass unchanged: no echo, no newline translation
+        os.set_blocking(master, False)
+        path = os.ttyname(slave)
+        with self._lock:
+            self._master, self._slave = master, slave
+            self.pty_path = path
+        if self.pty_link is not None:
+            # re-point atomically: a host retrying the path sees the old link or the new, never none
+            tmp = self.pty_link.with_name(self.pty_link.name + ".new")
+            tmp.unlink(missing_ok=True)
+            os.symlink(path, tmp)
+            os.replace(tmp, self.pty_link)
+
+    def _close_pty(self) -> None:
+        with self._lock:
+            fds = (self._master, self._slave)
+            self._master = self._slave = None
+        for fd in fds:
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def _reopen_later(self) -> None:
+        """Close the pty (the host reads end-of-file, as when a cable is pulled) and offer a new one
+        after the downtime; the node runs on and its bytes meanwhile are lost."""
+        assert self.reopen_after is not None
+        after_s, down_s = self.reopen_after
+        if self._stopping.wait(after_s) or self._done.is_set():
+            return
+        self._close_pty()
+        if self.pty_link is not None:
+            self.pty_link.unlink(missing_ok=True)
+        if self._stopping.wait(down_s) or self._done.is_set():
+            return
+        self._open_pty()
+        self.reopens += 1
+
+    # ---- relaying
 
     def _supervise(self) -> None:
         """Relay the node's stdout (pty mode) and restart it after a reset, until it ends."""
@@ -258,9 +394,11 @@ class EmulatedNode:
             self.returncode = code
             break
         self._done.set()
+        with self._delayed_cond:
+            self._delayed_cond.notify_all()
 
     def _node_to_pty(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None and self._master is not None
+        assert proc.stdout is not None
         fd = proc.stdout.fileno()
         while True:
             try:
@@ -269,24 +407,97 @@ class EmulatedNode:
                 return
             if not data:
                 return
-            view = memoryview(data)
-            while view:
-                try:
-                    n = os.write(self._master, view)
-                except BlockingIOError:
-                    # Nobody reads the pty and its buffer is full: like a USB-CDC port with no
-                    # host, the bytes are lost rather than stalling the node.
-                    break
-                except OSError:
+            if self._relayed:
+                self._hold(data, None)
+            else:
+                self._write_pty(data)
+
+    def _write_pty(self, data: bytes) -> None:
+        with self._lock:
+            master = self._master
+        if master is None:
+            return  # the pty is closed (reopen_after): bytes are lost, as on an unplugged cable
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(master, view)
+            except BlockingIOError:
+                # Nobody reads the pty and its buffer is full: like a USB-CDC port with no
+                # host, the bytes are lost rather than stalling the node.
+                return
+            except OSError:
+                return
+            view = view[n:]
+
+    def _hold(self, data: bytes, dest: Any) -> None:
+        """Queue node-to-host bytes for release after the link delay (never overtaking earlier ones)."""
+        delay_s = (self.delay_ms + self._rng.uniform(0.0, self.jitter_ms)) * 1e-3
+        with self._delayed_cond:
+            release = max(time.monotonic() + delay_s, self._last_release)
+            self._last_release = release
+            self._delayed.append((release, data, dest))
+            self._delayed_cond.notify_all()
+
+    def _release_delayed(self) -> None:
+        queue = self._delayed
+        while True:
+            with self._delayed_cond:
+                while not queue and not self._stopping.is_set() and not self._done.is_set():
+                    self._delayed_cond.wait()
+                if not queue:
                     return
-                view = view[n:]
+                release, data, dest = queue[0]
+            wait_s = release - time.monotonic()
+            if wait_s > 0:
+                if self._stopping.wait(wait_s):
+                    return
+                continue
+            with self._delayed_cond:
+                queue.popleft()
+            if dest is None:
+                self._write_pty(data)
+            else:
+                try:
+                    self._proxy.sendto(data, dest)
+                except OSError:
+                    pass
+
+    def _udp_proxy(self) -> None:
+        """Between the firmware and the host's HOST:PORT: node datagrams are delayed on their way
+        out; host datagrams (COMMAND, TIME_SYNC_REQ) go straight to the node."""
+        import select
+        import socket
+
+        sock = self._proxy
+        host, port = self.link_target
+        host_addr = (socket.gethostbyname("127.0.0.1" if host == "0.0.0.0" else host), port)
+        while not self._stopping.is_set() and not self._done.is_set():
+            try:
+                ready, _, _ = select.select([sock], [], [], 0.05)
+                if not ready:
+                    continue
+                data, sender = sock.recvfrom(65535)
+            except (OSError, ValueError):
+                return
+            if sender != host_addr:
+                # From the node (its address changes when it reboots: a new socket).
+                self._proxy_node_addr = sender
+                self._hold(data, host_addr)
+            elif self._proxy_node_addr is not None:
+                try:
+                    sock.sendto(data, self._proxy_node_addr)
+                except OSError:
+                    pass
 
     def _pty_to_node(self) -> None:
         import select
 
-        master = self._master
-        assert master is not None
         while not self._done.is_set() and not self._stopping.is_set():
+            with self._lock:
+                master = self._master
+            if master is None:
+                self._stopping.wait(0.05)  # between close and reopen
+                continue
             try:
                 ready, _, _ = select.select([master], [], [], 0.05)
                 if not ready:
@@ -295,7 +506,9 @@ class EmulatedNode:
             except BlockingIOError:
                 continue
             except (OSError, ValueError):
-                return  # the pty was closed by stop()
+                # closed by stop() or by a reopen: stop() sets _stopping, a reopen brings a new one
+                self._stopping.wait(0.05)
+                continue
             with self._lock:
                 proc = self._proc
             if proc is None or proc.stdin is None:
@@ -314,8 +527,10 @@ class EmulatedNode:
 
     def stop(self) -> None:
         self._stopping.set()
+        with self._delayed_cond:
+            self._delayed_cond.notify_all()
         for thread in self._threads:
-            if thread.name == "emu-pty-in":
+            if thread.name in ("emu-pty-in", "emu-udp-proxy", "emu-delay", "emu-reopen"):
                 thread.join(1)
         with self._lock:
             proc = self._proc
@@ -327,13 +542,12 @@ class EmulatedNode:
                 proc.kill()
                 proc.wait()
         self._done.wait(5)
-        for fd in (self._master, self._slave):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self._master = self._slave = None
+        self._close_pty()
+        if self.pty_link is not None and self.pty_link.is_symlink():
+            self.pty_link.unlink(missing_ok=True)
+        if self._proxy is not None:
+            self._proxy.close()
+            self._proxy = None
         if self._out_file is not None:
             self._out_file.close()
             self._out_file = None

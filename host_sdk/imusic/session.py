@@ -1,0 +1,414 @@
+"""Many nodes, one stream of aligned frames.
+
+``Session.open(urls)`` opens a link per URL, gets to know the node(s) behind each, keeps every node's
+clock fitted onto the host timeline (TIME_SYNC bursts every few seconds, the minimum-round-trip
+probe of each burst kept), maps every sample onto that timeline, and resamples all IMUs onto one
+frame clock (60 Hz by default, the ARKit rate). Gaps stay gaps: NaN plus ``valid=False``.
+
+    with imusic.Session.open(["/dev/ttyACM0", "udp://:50100"]) as session:
+        for frame in session.frames():
+            frame.accel_mps2, frame.gyro_rads, frame.mag_uT, frame.valid, frame.sites
+
+A ``file://rec.imu`` URL replays a recording through the same pipeline, in the caller's thread and
+as fast as it goes; clocks are refitted from the recorded TIME_SYNC exchanges. With ``record=PATH``
+a live session appends every byte it receives and sends to a recording (``imusic.recording``).
+
+Threads: one reader per link (``LinkPump``), one for clock sync, one that emits frames whose
+deadline passed while no data came. Frames reach the caller through ``frames()`` (a queue),
+``on_frame`` callbacks (called from the reading threads: keep them short) or ``aframes()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imusic.align import Aligner, Frame, samples_to_arrays
+from imusic.errors import UserError
+from imusic.links import LinkClosed, open_link
+from imusic.node import LinkPump, NodeClient, NodeError
+from imusic.protocol import BROADCAST_NODE, Cmd, Hello, Message, Samples, StreamDecoder, TimeSyncReply, encode_command
+from imusic.recording import RecordingWriter
+from imusic.timesync import ClockFit, Probe, probes_from_replies
+
+__all__ = ["Session", "SessionStats", "recording_url"]
+
+SYNC_INTERVAL_S = 2.0  # between TIME_SYNC bursts per node
+SYNC_BURST = 8  # probes per burst
+REPLAY_BURST_GAP_S = 0.25  # recorded probes further apart than this belong to different bursts
+
+
+def recording_url(path: str | Path, pace: str = "fast") -> str:
+    """The ``file://`` URL that replays a recording (a missing or foreign file fails when opened)."""
+    return f"file://{Path(path)}?pace={pace}"
+
+
+@dataclass
+class SessionStats:
+    frames_aligned: int = 0
+    frames_with_gaps: int = 0
+    unknown_datagrams: int = 0  # UDP datagrams from sources that never said HELLO: dropped
+    first_frame_t_s: float | None = None
+    last_frame_t_s: float | None = None
+    link_errors: list[str] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float:
+        if self.first_frame_t_s is None or self.last_frame_t_s is None:
+            return 0.0
+        return self.last_frame_t_s - self.first_frame_t_s
+
+
+class _Peer:
+    """One node as the session sees it: its client, clock fit, and where it is."""
+
+    def __init__(self, client: NodeClient, link_id: int, source: str) -> None:
+        self.client = client
+        self.link_id = link_id
+        self.source = source
+        self.fit = ClockFit()
+        client.clock_fit = self.fit
+        self.boot_id: int | None = None
+        self.aligned_hello: Hello | None = None
+        self.burst: list[Probe] = []  # replay: recorded probes of the burst being collected
+
+
+class Session:
+    """See the module docstring. Build with ``Session.open``."""
+
+    def __init__(self, *, rate_hz: float = 60.0, max_latency_s: float = 0.1, record: str | Path | None = None,
+                 sync_interval_s: float = SYNC_INTERVAL_S) -> None:
+        self.rate_hz = rate_hz
+        self.sync_interval_s = sync_interval_s
+        self.stats = SessionStats()
+        self._aligner = Aligner(rate_hz=rate_hz, max_latency_s=max_latency_s)
+        self._lock = threading.RLock()
+        self._peers: dict[tuple[int, str], _Peer] = {}
+        self._probation: dict[tuple[int, str], StreamDecoder] = {}
+        self._asked: dict[str, float] = {}  # unknown UDP source -> when we last asked for its HELLO
+        self._pumps: list[LinkPump] = []
+        self._replays: list[Any] = []  # FileLinks read in the caller's thread
+        self._urls: dict[int, str] = {}  # link id (the recording's, when recording) -> URL
+        self._queue: queue.Queue[Frame | None] = queue.Queue()
+        self._callbacks: list[Callable[[Frame], None]] = []
+        self._closing = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._recorder = RecordingWriter(record) if record is not None else None
+        if self._recorder is not None:
+            self._recorder.meta({"session": {"rate_hz": rate_hz, "started_monotonic_s": time.monotonic(),
+                                             "started_unix_s": time.time()}})
+
+    # ---- construction
+
+    @classmethod
+    def open(cls, urls: Sequence[str], *, rate_hz: float = 60.0, record: str | Path | None = None,
+             max_latency_s: float = 0.1, hello_timeout_s: float = 5.0, start: bool = True) -> "Session":
+        """Open every URL and wait until each serial/pty/emu/mem link's node has said HELLO (a UDP
+        port is listened on; its nodes join when they announce themselves). Streaming is started on
+        nodes that are not streaming yet when ``start``."""
+        if not urls:
+            raise UserError("a session needs at least one link URL")
+        session = cls(rate_hz=rate_hz, max_latency_s=max_latency_s, record=record)
+        try:
+            for url in urls:
+                session._add(url)
+            session._wait_nodes(hello_timeout_s)
+            if start and not session._replays:
+                for peer in list(session._peers.values()):
+                    if not peer.client.streaming:
+                        peer.client.start()
+            if session._pumps:
+                session._spawn(session._sync_loop, "imusic-sync")
+                session._spawn(session._deadline_loop, "imusic-frames")
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    def _add(self, url: str) -> None:
+        if url in self._urls.values():
+            raise UserError(f"{url} is given twice")
+        link_id = self._recorder.add_link(url) if self._recorder is not None else len(self._urls) + 1
+        self._urls[link_id] = url
+        link = open_link(url)
+        if url.startswith("file:"):
+            self._replays.append(link)
+            return
+        pump = LinkPump(url, lambda r, i=link_id: self._on_received(i, r), link=link)
+        if url.startswith("udp:"):
+            self._pumps.append(pump.start())
+            return
+        client = self._make_client(link_id, url, pump)
+        pump.on_down = client.link_down
+        pump.on_up = client.link_up
+        self._pumps.append(pump.start())
+
+    def _make_client(self, link_id: int, source: str, pump: LinkPump | None) -> NodeClient:
+        dest = source if source.startswith("udp:") else None
+
+        def send(data: bytes) -> None:
+            if pump is None:
+                return  # a replay cannot be written to
+            if self._recorder is not None:
+                self._recorder.host(link_id, time.monotonic(), data)
+            pump.write(data, dest)
+
+        client = NodeClient(send, label=source)
+        peer = _Peer(client, link_id, source)
+        client.listeners.append(lambda msg, t, p=peer: self._on_message(p, msg, t))
+        with self._lock:
+            self._peers[(link_id, source)] = peer
+        return client
+
+    def _wait_nodes(self, timeout_s: float) -> None:
+        if self._replays:
+            return
+        for peer in list(self._peers.values()):
+            peer.client.wait_hello(total_s=timeout_s)
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    # ---- input
+
+    def _on_received(self, link_id: int, received: Any) -> None:
+        if self._recorder is not None:
+            self._recorder.data(link_id, received.t_host_s, received.data)
+        self._route(link_id, received.source, received.data, received.t_host_s, live=True)
+
+    def _route(self, link_id: int, source: str, data: bytes, t_host_s: float, *, live: bool) -> None:
+        key = (link_id, source)
+        peer = self._peers.get(key)
+        if peer is None:
+            if live and not source.startswith("udp:"):
+                return  # serial links have their client from the start
+            # A UDP source (or a recorded one) is admitted by a HELLO; anything before is dropped.
+            probe = self._probation.setdefault(key, StreamDecoder())
+            messages = probe.feed(data)
+            if not any(isinstance(m, Hello) for m in messages):
+                with self._lock:
+                    self.stats.unknown_datagrams += 1
+                if live:
+                    self._ask_who(link_id, source)
+                return
+            del self._probation[key]
+            pump = next((p for p in self._pumps if p.url == self._urls[link_id]), None) if live else None
+            client = self._make_client(link_id, source, pump)
+            if live:
+                # Announcing nodes stream to the first host that commands them.
+                threading.Thread(target=self._claim, args=(client,), daemon=True).start()
+            peer = self._peers[key]
+        peer.client.feed(data, t_host_s)
+        if live:
+            self._pop_due()
+
+    def _ask_who(self, link_id: int, source: str) -> None:
+        """A node that said its boot HELLO before we listened is asked again (once a second at
+        most); its datagrams stay dropped until the HELLO comes."""
+        now = time.monotonic()
+        if now - self._asked.get(source, -1e9) < 1.0:
+            return
+        self._asked[source] = now
+        pump = next((p for p in self._pumps if p.url == self._urls[link_id]), None)
+        if pump is not None:
+            try:
+                pump.write(encode_command(BROADCAST_NODE, 0, Cmd.GET_HELLO), source)
+            except (LinkClosed, OSError):
+                pass
+
+    def _claim(self, client: NodeClient) -> None:
+        try:
+            client.wait_hello(total_s=2.0)
+            client.start()
+        except (NodeError, LinkClosed):
+            pass
+
+    def _on_message(self, peer: _Peer, msg: Message, t_host_s: float) -> None:
+        """Every message of every node, in its link's reading thread (or the replay loop)."""
+        if isinstance(msg, Hello):
+            with self._lock:
+                if peer.boot_id is not None and msg.boot_id != peer.boot_id:
+                    peer.fit.reset()  # a new boot: its device clock started again
+                peer.boot_id = msg.boot_id
+                if peer.aligned_hello is None or peer.aligned_hello.imus != msg.imus:
+                    self._aligner.add_node(msg.node_id, msg)
+                peer.aligned_hello = msg
+        elif isinstance(msg, Samples):
+            hello = peer.aligned_hello
+            if hello is None or peer.client.refused is not None:
+                return
+            t_us = msg.t_us()
+            peer.fit.add_arrival(int(t_us[-1]), t_host_s)
+            with self._lock:
+                arrays = samples_to_arrays(msg, hello, peer.fit)
+                self._aligner.add_samples(msg.node_id, *arrays)
+        elif isinstance(msg, TimeSyncReply) and self._replays:
+            # Replay: rebuild the probes the live session made (the reply echoes the request's send
+            # time), burst by burst as the live session fed them to its fit.
+            for probe in probes_from_replies({msg.probe_id: msg.t0_host_us * 1e-6}, [(msg, t_host_s)]):
+                if peer.burst and probe.t0_host_s - peer.burst[-1].t0_host_s > REPLAY_BURST_GAP_S:
+                    peer.fit.add_burst(peer.burst)
+                    peer.burst = []
+                peer.burst.append(probe)
+
+    # ---- background work (live)
+
+    def _sync_loop(self) -> None:
+        next_burst: dict[tuple[int, str], float] = {}
+        while not self._closing.is_set():
+            now = time.monotonic()
+            for key, peer in list(self._peers.items()):
+                if peer.client.hello is None or peer.client.refused is not None:
+                    continue
+                if now >= next_burst.get(key, 0.0):
+                    try:
+                        peer.client.time_sync_burst(SYNC_BURST)
+                    except (NodeError, LinkClosed):
+                        pass
+                    # The first bursts come quickly so drift is known early; then every interval.
+                    done = peer.fit.n_points
+                    next_burst[key] = time.monotonic() + (0.25 if done < 4 else self.sync_interval_s)
+            self._closing.wait(0.05)
+
+    def _deadline_loop(self) -> None:
+        period_s = 1.0 / self.rate_hz
+        while not self._closing.wait(period_s):
+            self._pop_due()
+
+    def _pop_due(self) -> None:
+        # Popping and queueing are one step under the lock: frames leave in order, each once,
+        # whichever thread (a link's reader or the deadline loop) gets there first.
+        with self._lock:
+            self._emit(self._aligner.pop_frames(time.monotonic()))
+
+    def _emit(self, frames: list[Frame], *, enqueue: bool = True) -> None:
+        if not frames:
+            return
+        with self._lock:
+            st = self.stats
+            st.frames_aligned += len(frames)
+            st.frames_with_gaps += sum(1 for f in frames if not f.valid.all())
+            if st.first_frame_t_s is None:
+                st.first_frame_t_s = frames[0].t_host_s
+            st.last_frame_t_s = frames[-1].t_host_s
+        for frame in frames:
+            for callback in self._callbacks:
+                callback(frame)
+            if enqueue:
+                self._queue.put(frame)
+
+    # ---- output
+
+    def frames(self, timeout_s: float | None = None) -> Iterator[Frame]:
+        """Aligned frames, in order. Live: blocks for the next one (ends after ``timeout_s`` without
+        one, or when the session closes). Replay: runs the recording through and ends with it."""
+        if self._replays:
+            yield from self._replay_frames()
+            return
+        while True:
+            try:
+                frame = self._queue.get(timeout=timeout_s)
+            except queue.Empty:
+                return
+            if frame is None:
+                return
+            yield frame
+
+    def _replay_frames(self) -> Iterator[Frame]:
+        for link_id, link in enumerate(self._replays, start=1):
+            while True:
+                try:
+                    batch = link.read(0)
+                except LinkClosed:
+                    break
+                for received in batch:
+                    self._route(link_id, received.source, received.data, received.t_host_s, live=False)
+                for frame in self._drain_replay(final=False):
+                    yield frame
+        for peer in self._peers.values():
+            if peer.burst:
+                peer.fit.add_burst(peer.burst)
+                peer.burst = []
+        yield from self._drain_replay(final=True)
+
+    def _drain_replay(self, final: bool) -> list[Frame]:
+        # Offline there is no deadline: a frame is due once every node has data past it.
+        frames = self._aligner.flush() if final else self._aligner.pop_frames(float("-inf"))
+        self._emit(frames, enqueue=False)
+        return frames
+
+    def on_frame(self, callback: Callable[[Frame], None]) -> None:
+        """Call ``callback(frame)`` for every frame (from a reading thread: keep it short)."""
+        self._callbacks.append(callback)
+
+    async def aframes(self) -> AsyncIterator[Frame]:
+        """``frames()`` for asyncio apps: waits in a worker thread, never blocks the loop."""
+        loop = asyncio.get_running_loop()
+        iterator = self.frames(timeout_s=0.5)
+        sentinel = object()
+        while not self._closing.is_set():
+            frame = await loop.run_in_executor(None, next, iterator, sentinel)
+            if frame is sentinel:
+                if self._replays or self._closing.is_set():
+                    return
+                iterator = self.frames(timeout_s=0.5)
+                continue
+            yield frame  # type: ignore[misc]
+
+    # ---- state
+
+    @property
+    def nodes(self) -> dict[int, NodeClient]:
+        return {p.client.node_id: p.client for p in self._peers.values() if p.client.node_id is not None}
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return tuple(f"node{p.client.node_id}/{imu.site}" for p in sorted(
+            self._peers.values(), key=lambda p: p.client.node_id or 0) if p.aligned_hello
+            for imu in p.aligned_hello.imus)
+
+    def node_report(self) -> dict[str, dict[str, Any]]:
+        """Per node: what ``imusic stats --json`` prints."""
+        report = {}
+        for peer in sorted(self._peers.values(), key=lambda p: p.client.node_id or 0):
+            st = peer.client.stats()
+            fit = peer.fit
+            report[str(st.node_id)] = {
+                "imus": peer.aligned_hello.n_imus if peer.aligned_hello else 0,
+                "samples": st.samples,
+                "lost_frames": st.lost_frames,
+                "crc_errors": st.crc_errors,
+                "rate_hz": round(st.rate_hz, 3),
+                "clock_offset_ms": round(fit.offset_s * 1e3, 3) if fit.ready else None,
+                "clock_drift_ppm": round(fit.device_drift_ppm, 3) if fit.ready else None,
+                "clock_source": fit.source,
+                "reboots": st.reboots,
+                "source": peer.source,
+            }
+        return report
+
+    def close(self) -> None:
+        self._closing.set()
+        for pump in self._pumps:
+            pump.close()
+        for link in self._replays:
+            link.close()
+        for thread in self._threads:
+            thread.join(2)
+        if self._recorder is not None:
+            self._recorder.close()
+        self._queue.put(None)
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
