@@ -187,3 +187,32 @@ def test_bad_input_to_the_session_commands_is_one_line(tmp_path: Path, recording
     assert_one_line_error(run_cli("record", "--out", str(tmp_path / "b.imu"), "/dev/ttyNOPE9"), "/dev/ttyNOPE9")
     assert_one_line_error(run_cli("record", "--out", str(recording), "--emulate", "1"), "exists")
     assert_one_line_error(run_cli("export", str(recording), "--to", "npz", "--out", str(recording)), "exists")
+
+
+def test_callbacks_and_async_iteration_see_the_same_frames() -> None:
+    import asyncio
+
+    seen: list[float] = []
+    with Session.open(["emu://?imus=2&rate=100&node_id=1"]) as session:
+        session.on_frame(lambda frame: seen.append(frame.t_host_s))
+
+        async def first_frames(n: int) -> list[float]:
+            out = []
+            async for frame in session.aframes():
+                out.append(frame.t_host_s)
+                if len(out) == n:
+                    break
+            return out
+
+        got = asyncio.run(first_frames(60))
+    assert len(got) == 60 and np.allclose(np.diff(got), 1 / 60)
+    assert set(got) <= set(seen)  # every frame the async iterator gave went through the callback
+
+
+def test_the_example_runs_on_the_emulated_rig() -> None:
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "examples" / "print_frames.py")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("t=")]
+    assert len(lines) == 4 and all("valid" in line for line in lines)
+    assert lines[-1].split("valid ")[1].startswith("5/5")

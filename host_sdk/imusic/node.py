@@ -93,8 +93,8 @@ class NodeStatsSnapshot:
     reconnects: int  # times the link came back after LinkClosed
     rtt_ms: float | None  # smallest round trip of the last time-sync burst
     latency_ms: float | None  # half of it: the one-way link latency
-    clock_offset_ms: float | None  # from the clock fit: host = device * (1 + drift) + offset
-    clock_drift_ppm: float | None
+    clock_offset_ms: float | None  # host minus device time at the newest fit point (ClockFit.offset_s)
+    clock_drift_ppm: float | None  # how fast the node's clock runs against the host's (+: fast)
 
 
 class NodeClient:
@@ -429,7 +429,7 @@ class NodeClient:
             rtt_ms=rtt_s * 1e3 if rtt_s is not None else None,
             latency_ms=rtt_s * 0.5e3 if rtt_s is not None else None,
             clock_offset_ms=fit.offset_s * 1e3 if fit_ready and fit is not None else None,
-            clock_drift_ppm=fit.drift_ppm if fit_ready and fit is not None else None,
+            clock_drift_ppm=fit.device_drift_ppm if fit_ready and fit is not None else None,
         )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+from collections import deque
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -91,7 +92,8 @@ class Session:
         self._lock = threading.RLock()
         self._peers: dict[tuple[int, str], _Peer] = {}
         self._probation: dict[tuple[int, str], StreamDecoder] = {}
-        self._asked: dict[str, float] = {}  # unknown UDP source -> when we last asked for its HELLO
+        self._asked: dict[str, float] = {}
+        self._release_latency_s: deque[float] = deque(maxlen=10_000)  # unknown UDP source -> when we last asked for its HELLO
         self._pumps: list[LinkPump] = []
         self._replays: list[Any] = []  # FileLinks read in the caller's thread
         self._urls: dict[int, str] = {}  # link id (the recording's, when recording) -> URL
@@ -208,7 +210,7 @@ class Session:
             peer = self._peers[key]
         peer.client.feed(data, t_host_s)
         if live:
-            self._pop_due()
+            self._pop_due(released_by_s=t_host_s)
 
     def _ask_who(self, link_id: int, source: str) -> None:
         """A node that said its boot HELLO before we listened is asked again (once a second at
@@ -283,11 +285,21 @@ class Session:
         while not self._closing.wait(period_s):
             self._pop_due()
 
-    def _pop_due(self) -> None:
+    def _pop_due(self, released_by_s: float | None = None) -> None:
         # Popping and queueing are one step under the lock: frames leave in order, each once,
         # whichever thread (a link's reader or the deadline loop) gets there first.
         with self._lock:
-            self._emit(self._aligner.pop_frames(time.monotonic()))
+            frames = self._aligner.pop_frames(time.monotonic())
+            self._emit(frames)
+            if frames and released_by_s is not None:
+                # From the receive time of the bytes that made these frames due to their hand-off.
+                self._release_latency_s.append(time.monotonic() - released_by_s)
+
+    def release_latencies_s(self) -> list[float]:
+        """Recent latencies (s) from the arrival of the bytes that made frames due to those frames
+        being handed out (the session's own processing delay; the last 10,000)."""
+        with self._lock:
+            return list(self._release_latency_s)
 
     def _emit(self, frames: list[Frame], *, enqueue: bool = True) -> None:
         if not frames:
@@ -368,6 +380,11 @@ class Session:
     @property
     def nodes(self) -> dict[int, NodeClient]:
         return {p.client.node_id: p.client for p in self._peers.values() if p.client.node_id is not None}
+
+    def clock_fits(self) -> dict[int, ClockFit]:
+        """Each known node's clock fit (device us -> host monotonic s), by node id: for reading
+        only (benchmarks and tests compare it with the emulator's truth)."""
+        return {p.client.node_id: p.fit for p in self._peers.values() if p.client.node_id is not None}
 
     @property
     def sites(self) -> tuple[str, ...]:

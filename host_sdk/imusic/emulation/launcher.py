@@ -48,6 +48,7 @@ CHIPS = ("qmi8658", "icm42688")
 DEFAULT_HEAP = "4m"
 MAX_OFFSET_US = (1 << 29) - 1_000_000  # emu_clock.MAX_OFFSET_US
 DROP_LINE = re.compile(r"^emu: dropped SAMPLES seq (\d+)$", re.M)
+CLOCK_LINE = re.compile(r"^emu: clock epoch_host_us=(\d+) drift_ppm=(-?\d+) offset_us=(\d+)$", re.M)
 
 
 def find_micropython() -> str:
@@ -64,6 +65,26 @@ def find_micropython() -> str:
     if found:
         return found
     raise UserError("micropython (the unix port) not found: run `make bootstrap` or set IMUSIC_MICROPYTHON")
+
+
+@dataclass(frozen=True)
+class ClockTruth:
+    """A realtime emulated node's clock as the emulator runs it (one boot): device time 0 was read
+    at host monotonic time ``epoch_host_us`` (CLOCK_MONOTONIC, the clock of ``time.monotonic()``),
+    and then device_us = offset_us + (host_us - epoch_host_us) * (1 + drift_ppm / 1e6), exact to
+    about a microsecond. What a host's clock sync is measured against."""
+
+    epoch_host_us: int
+    drift_ppm: int
+    offset_us: int
+
+    def host_s(self, device_us: float) -> float:
+        """The host monotonic time (s) at which the device clock read ``device_us``."""
+        return (self.epoch_host_us + (device_us - self.offset_us) * 1e6 / (1e6 + self.drift_ppm)) * 1e-6
+
+    def device_us(self, host_s: float) -> float:
+        """What the device clock reads at host monotonic time ``host_s``."""
+        return self.offset_us + (host_s * 1e6 - self.epoch_host_us) * (1.0 + self.drift_ppm * 1e-6)
 
 
 @dataclass(frozen=True)
@@ -212,6 +233,15 @@ class EmulatedNode:
     def dropped_frames(self) -> list[int]:
         """Sequence numbers of the SAMPLES frames the loss knob dropped so far, in order (all boots)."""
         return [int(m) for m in DROP_LINE.findall(self.stderr_text())]
+
+    def clock_truth(self) -> ClockTruth | None:
+        """The current boot's true clock (realtime mode; None before the firmware's first clock
+        reading, and always in virtual mode, which has no host reference)."""
+        found = CLOCK_LINE.findall(self.stderr_text())
+        if not found:
+            return None
+        epoch_host_us, drift_ppm, offset_us = found[-1]
+        return ClockTruth(int(epoch_host_us), int(drift_ppm), int(offset_us))
 
     @property
     def port_path(self) -> str | None:

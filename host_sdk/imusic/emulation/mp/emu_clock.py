@@ -59,20 +59,39 @@ class EmuClock:
         """The unwrapped tick counter."""
         if self.virtual:
             return self._raw
-        elapsed = time.ticks_diff(time.ticks_us(), self._host0)
+        return self._raw_at(time.ticks_us())
+
+    def _raw_at(self, host_us):
+        elapsed = time.ticks_diff(host_us, self._host0)
         return self._raw0 + elapsed + elapsed * self.drift_ppm // PPM
 
     def _read(self):
-        raw = self.raw_us()
         if self._epoch < 0:
-            self._epoch = raw
-        elif self._offset_left:
+            return self._first_read()
+        raw = self.raw_us()
+        if self._offset_left:
             if self.virtual:
                 self._raw += self._offset_left
             else:
                 self._raw0 += self._offset_left
             raw += self._offset_left
             self._offset_left = 0
+        return raw
+
+    def _first_read(self):
+        """Device time 0. In realtime mode the host's monotonic time of this reading is the truth a
+        host's clock sync is measured against (the unix port's ticks_us reads CLOCK_MONOTONIC, the
+        clock of CPython's time.monotonic()): device_us = offset_us + (host_us - epoch_host_us)
+        * (1 + drift_ppm / 1e6), to within a microsecond of rounding. Reported on stderr once per
+        boot (EmulatedNode.clock_truth())."""
+        if self.virtual:
+            raw = self._raw
+        else:
+            host_us = time.ticks_us()
+            raw = self._raw_at(host_us)
+            sys.stderr.write("emu: clock epoch_host_us=%d drift_ppm=%d offset_us=%d\n"
+                             % (host_us, self.drift_ppm, self.offset_us))
+        self._epoch = raw
         return raw
 
     def ticks_us(self):
