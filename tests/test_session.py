@@ -36,12 +36,13 @@ def _collect(session: Session, seconds: float) -> list:
     return frames
 
 
-def test_nodes_on_ptys_and_udp_at_once_come_out_aligned() -> None:
+def test_nodes_on_ptys_and_udp_at_once_come_out_aligned(tmp_path: Path) -> None:
     port = _free_udp_port()
+    recording = tmp_path / "mixed.imu"
     with EmulatedNode(imus=3, rate_hz=100, node_id=3, seed=3, link=f"udp:127.0.0.1:{port}"):
         urls = ["emu://?imus=4&rate=200&node_id=1", "emu://?imus=2&rate=60&node_id=2&seed=2",
                 f"udp://127.0.0.1:{port}"]
-        with Session.open(urls) as session:
+        with Session.open(urls, record=recording) as session:
             # A stranger on the UDP port: counted and dropped, never a node of the session.
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
                 for _ in range(5):
@@ -62,6 +63,12 @@ def test_nodes_on_ptys_and_udp_at_once_come_out_aligned() -> None:
     accel = np.array([f.accel_mps2 for f in last])
     assert np.all(np.isnan(accel[~valid])) and not np.isnan(accel[valid]).any()
     assert 9.0 < np.nanmedian(np.linalg.norm(accel, axis=2)) < 10.6  # gravity, in m/s^2
+    # The recording keeps each UDP peer apart from the stranger and from the pty nodes.
+    with Session.open([recording_url(recording)]) as replay:
+        replayed = list(replay.frames())
+        report = replay.node_report()
+    assert sorted(report) == ["1", "2", "3"] and report["3"]["imus"] == 3 and report["3"]["samples"] > 300
+    assert replayed[-1].valid.size == 9
 
 
 def test_drift_and_jitter_are_fitted_and_frames_stay_aligned() -> None:
@@ -216,3 +223,13 @@ def test_the_example_runs_on_the_emulated_rig() -> None:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("t=")]
     assert len(lines) == 4 and all("valid" in line for line in lines)
     assert lines[-1].split("valid ")[1].startswith("5/5")
+
+
+def test_a_reader_that_dies_is_raised_not_hidden() -> None:
+    # Callbacks run in the reading thread: one that raises stops that reader, and the caller hears of
+    # it instead of seeing a node fall silent.
+    with Session.open(["emu://?imus=1&rate=100&node_id=1"]) as session:
+        session.on_frame(lambda frame: 1 / 0)
+        with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+            for _ in session.frames(timeout_s=5.0):
+                pass

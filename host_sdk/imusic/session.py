@@ -92,14 +92,15 @@ class Session:
         self._lock = threading.RLock()
         self._peers: dict[tuple[int, str], _Peer] = {}
         self._probation: dict[tuple[int, str], StreamDecoder] = {}
-        self._asked: dict[str, float] = {}
-        self._release_latency_s: deque[float] = deque(maxlen=10_000)  # unknown UDP source -> when we last asked for its HELLO
-        self._pumps: list[LinkPump] = []
+        self._asked: dict[str, float] = {}  # unknown UDP source -> when we last asked for its HELLO
+        self._release_latency_s: deque[float] = deque(maxlen=10_000)
+        self._pumps: dict[int, LinkPump] = {}  # by link id
         self._replays: list[Any] = []  # FileLinks read in the caller's thread
         self._urls: dict[int, str] = {}  # link id (the recording's, when recording) -> URL
         self._queue: queue.Queue[Frame | None] = queue.Queue()
         self._callbacks: list[Callable[[Frame], None]] = []
         self._closing = threading.Event()
+        self._failure: BaseException | None = None  # what stopped a reading thread
         self._threads: list[threading.Thread] = []
         self._recorder = RecordingWriter(record) if record is not None else None
         if self._recorder is not None:
@@ -143,22 +144,23 @@ class Session:
             self._replays.append(link)
             return
         pump = LinkPump(url, lambda r, i=link_id: self._on_received(i, r), link=link)
-        if url.startswith("udp:"):
-            self._pumps.append(pump.start())
-            return
-        client = self._make_client(link_id, url, pump)
-        pump.on_down = client.link_down
-        pump.on_up = client.link_up
-        self._pumps.append(pump.start())
+        self._pumps[link_id] = pump
+        if not url.startswith("udp:"):
+            client = self._make_client(link_id, url, pump)
+            pump.on_down = client.link_down
+            pump.on_up = client.link_up
+        pump.start()
 
     def _make_client(self, link_id: int, source: str, pump: LinkPump | None) -> NodeClient:
         dest = source if source.startswith("udp:") else None
+        recorder = self._recorder if pump is not None else None
+        rec_id = link_id if recorder is None or source == self._urls[link_id] else recorder.add_link(source)
 
         def send(data: bytes) -> None:
             if pump is None:
                 return  # a replay cannot be written to
-            if self._recorder is not None:
-                self._recorder.host(link_id, time.monotonic(), data)
+            if recorder is not None:
+                recorder.host(rec_id, time.monotonic(), data)
             pump.write(data, dest)
 
         client = NodeClient(send, label=source)
@@ -183,7 +185,9 @@ class Session:
 
     def _on_received(self, link_id: int, received: Any) -> None:
         if self._recorder is not None:
-            self._recorder.data(link_id, received.t_host_s, received.data)
+            # Each UDP peer is recorded as a link of its own, so a replay still tells them apart.
+            rec_id = link_id if received.source == self._urls[link_id] else self._recorder.add_link(received.source)
+            self._recorder.data(rec_id, received.t_host_s, received.data)
         self._route(link_id, received.source, received.data, received.t_host_s, live=True)
 
     def _route(self, link_id: int, source: str, data: bytes, t_host_s: float, *, live: bool) -> None:
@@ -202,8 +206,7 @@ class Session:
                     self._ask_who(link_id, source)
                 return
             del self._probation[key]
-            pump = next((p for p in self._pumps if p.url == self._urls[link_id]), None) if live else None
-            client = self._make_client(link_id, source, pump)
+            client = self._make_client(link_id, source, self._pumps.get(link_id) if live else None)
             if live:
                 # Announcing nodes stream to the first host that commands them.
                 threading.Thread(target=self._claim, args=(client,), daemon=True).start()
@@ -219,7 +222,7 @@ class Session:
         if now - self._asked.get(source, -1e9) < 1.0:
             return
         self._asked[source] = now
-        pump = next((p for p in self._pumps if p.url == self._urls[link_id]), None)
+        pump = self._pumps.get(link_id)
         if pump is not None:
             try:
                 pump.write(encode_command(BROADCAST_NODE, 0, Cmd.GET_HELLO), source)
@@ -246,7 +249,7 @@ class Session:
         elif isinstance(msg, Samples):
             hello = peer.aligned_hello
             if hello is None or peer.client.refused is not None:
-                return
+                return  # samples before the node's HELLO (or of a refused node) cannot be read
             t_us = msg.t_us()
             peer.fit.add_arrival(int(t_us[-1]), t_host_s)
             with self._lock:
@@ -284,6 +287,12 @@ class Session:
         period_s = 1.0 / self.rate_hz
         while not self._closing.wait(period_s):
             self._pop_due()
+            for link_id, pump in self._pumps.items():
+                if pump.error is not None and not isinstance(pump.error, LinkClosed) and self._failure is None:
+                    # A reader that died of a bug must not look like a quiet node: stop and say so.
+                    self._failure = RuntimeError(f"reading {self._urls[link_id]} failed: {pump.error!r}")
+                    self._failure.__cause__ = pump.error
+                    self._queue.put(None)
 
     def _pop_due(self, released_by_s: float | None = None) -> None:
         # Popping and queueing are one step under the lock: frames leave in order, each once,
@@ -331,6 +340,8 @@ class Session:
             except queue.Empty:
                 return
             if frame is None:
+                if self._failure is not None:
+                    raise self._failure
                 return
             yield frame
 
@@ -414,7 +425,7 @@ class Session:
 
     def close(self) -> None:
         self._closing.set()
-        for pump in self._pumps:
+        for pump in self._pumps.values():
             pump.close()
         for link in self._replays:
             link.close()

@@ -14,16 +14,18 @@ plus that frame's latency; the lower envelope of that cloud (the minimum per buc
 fitted by a line) estimates offset + minimum latency, which keeps nodes usable, only late by that
 minimum latency.
 
-Pure computation: no threads, no I/O.
+Pure computation: no I/O, no threads of its own.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import overload
+from typing import Any, Callable, TypeVar, overload
 
 import numpy as np
 
@@ -95,6 +97,19 @@ def group_bursts(probes: Sequence[Probe], max_gap_s: float = 0.25) -> list[list[
     return bursts
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _locked(method: _F) -> _F:
+    """Run under the fit's lock: a session's sync thread adds bursts while a reading thread maps
+    samples with the same fit."""
+    @functools.wraps(method)
+    def wrapper(self: "ClockFit", *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return wrapper  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class _Point:
     device_us: float  # device time of the point
@@ -158,7 +173,8 @@ class ClockFit:
     old points are forgotten. The session should still call ``reset()`` when it sees a new boot_id,
     so samples of the new boot are never mapped with the old boot's fit.
 
-    Not thread-safe (the fit is recomputed lazily on the next read): callers serialise access.
+    Thread-safe: a session's sync thread adds bursts while a reading thread maps samples (the fit
+    is recomputed lazily, under the lock, on the next read).
     """
 
     def __init__(self, window_s: float = 60.0, max_points: int = 120, rtt_slack_s: float = 0.001,
@@ -174,8 +190,10 @@ class ClockFit:
         self.arrival_noise_s = arrival_noise_s
         self.arrival_bucket_s = arrival_bucket_s
         self.reboot_backstep_s = reboot_backstep_s
+        self._lock = threading.RLock()
         self.reset()
 
+    @_locked
     def reset(self) -> None:
         """Forget everything (the node rebooted: its device clock restarted)."""
         self._probes: deque[_Point] = deque()
@@ -188,6 +206,7 @@ class ClockFit:
 
     # --- input -------------------------------------------------------------------------------
 
+    @_locked
     def add_burst(self, probes: Sequence[Probe]) -> Probe | None:
         """Keep the burst's fastest exchange as a fit point; returns it (None for an empty burst)."""
         valid = [p for p in probes if p.rtt_s >= 0.0 and p.t2_device_us >= p.t1_device_us]
@@ -202,6 +221,7 @@ class ClockFit:
         self._dirty = True
         return best
 
+    @_locked
     def add_arrival(self, device_us: int, t_host_s: float) -> None:
         """A frame received at host time ``t_host_s`` whose newest sample has device time ``device_us``."""
         dev_us = float(device_us)
@@ -229,6 +249,7 @@ class ClockFit:
 
     # --- fit -----------------------------------------------------------------------------------
 
+    @_locked
     def _fit(self) -> _Line | None:
         if not self._dirty:
             return self._line

@@ -60,6 +60,9 @@ class NodeSamples:
     accel: np.ndarray  # int16 (N, n_imus, 3) counts
     gyro: np.ndarray  # int16 (N, n_imus, 3) counts
     mag: np.ndarray  # int16 (N, n_imus, 3) counts, 0 where the IMU has no HAS_MAG
+    # int64 (N,) byte offset just past the frame each instant came in (where its receive time is
+    # decided: a frame is received with its last byte); None when not built by the bulk decoder
+    frame_end: np.ndarray | None = None
 
     @property
     def n_imus(self) -> int:
@@ -75,6 +78,7 @@ class SamplesBatch:
     messages: list[Message]  # every other message, and SAMPLES sent with the HOST flag, in stream order
     stats: DecoderStats
     node_stats: dict[int, NodeStats] = field(default_factory=dict)
+    message_ends: list[int] = field(default_factory=list)  # byte offset just past each of ``messages``
 
 
 # CRC-32 of any message followed by its own CRC (little-endian): checking a frame's CRC is then one
@@ -190,6 +194,7 @@ def decode_samples_bulk(data: bytes | bytearray | memoryview) -> SamplesBatch:
 
     # every message but a node's SAMPLES: one by one, with the stream decoder's own code
     messages: list[Message] = []
+    message_ends: list[int] = []
     samples_mask = keep & (msg_type == MsgType.SAMPLES)
     for i in np.flatnonzero(delivered & known & ~samples_mask).tolist():
         p, size = int(start[i]), int(length[i])
@@ -198,10 +203,13 @@ def decode_samples_bulk(data: bytes | bytearray | memoryview) -> SamplesBatch:
                                            data[p + HEADER_SIZE:p + HEADER_SIZE + size]))
         except PayloadError as exc:
             count_bad(i, exc.bad_length)
+            continue
+        message_ends.append(p + FRAME_OVERHEAD + size)
 
     nodes = _bulk_samples(data, np.flatnonzero(samples_mask), start, length, node_id, seq, node_stats, count_bad)
     stats.messages = len(messages) + sum(ns.frames_delivered for ns in nodes.values())
-    return SamplesBatch(nodes={k: v.samples for k, v in nodes.items()}, messages=messages, stats=stats, node_stats=node_stats)
+    return SamplesBatch(nodes={k: v.samples for k, v in nodes.items()}, messages=messages, stats=stats,
+                        node_stats=node_stats, message_ends=message_ends)
 
 
 @dataclass
@@ -303,8 +311,10 @@ def _bulk_samples(data: bytes, idx: np.ndarray, start: np.ndarray, length: np.nd
         ns.instants = rows
         ns.imus = int(m_ni[-1])
         ns.period_us = int(period_i[-1])
+        frame_end = np.repeat(start[idx[g[mine]]] + FRAME_OVERHEAD + length[idx[g[mine]]], m_ns)
         results[node] = _NodeResult(
-            NodeSamples(node, t_us, np.repeat(g_seq[mine], m_ns).astype(np.uint16), status, accel, gyro, mag),
+            NodeSamples(node, t_us, np.repeat(g_seq[mine], m_ns).astype(np.uint16), status, accel, gyro, mag,
+                        frame_end),
             frames_delivered=int(mine.shape[0]),
         )
     return results
