@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import sys
 import threading
 import time
@@ -36,7 +37,7 @@ def rms(values: np.ndarray) -> float:
 
 
 def fmt_ms(value: float) -> str:
-    return f"{'n/a':>8}" if value != value else f"{value * 1e3:8.3f}"
+    return f"{'n/a':>8}" if math.isnan(value) else f"{value * 1e3:8.3f}"
 
 
 def main() -> int:

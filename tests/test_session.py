@@ -74,7 +74,7 @@ def test_nodes_on_ptys_and_udp_at_once_come_out_aligned(tmp_path: Path) -> None:
 def test_drift_and_jitter_are_fitted_and_frames_stay_aligned() -> None:
     urls = ["emu://?imus=2&node_id=1&drift_ppm=200&jitter_ms=5&seed=4",
             "emu://?imus=2&node_id=2&drift_ppm=-200&jitter_ms=5&seed=5"]
-    with Session.open(urls) as session:
+    with Session.open(urls, sync_interval_s=0.5) as session:
         frames = _collect(session, 6.0)
         report = session.node_report()
     fast, slow = report["1"]["clock_drift_ppm"], report["2"]["clock_drift_ppm"]

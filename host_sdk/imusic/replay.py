@@ -17,7 +17,10 @@ fraction of the time, for offline work (``imusic stats``, ``imusic export``):
    then the segment's samples are mapped with it and handed to the ``Aligner``, which gives frame
    blocks as it goes.
 
-One node per link, as a ``NodeClient`` has it: frames of other node ids on a link are ignored.
+One node per link, as a ``NodeClient`` has it: frames of other node ids on a link are ignored, and
+the counters (samples, lost frames, CRC errors) are those of the link's decoder, as a session's.
+Reboots are the ``boot_id`` changes, or the decoder's sequence restarts when more of those (a
+reboot whose HELLO was lost).
 A live session maps each frame with the fit of that moment (which lags the newest burst); here a
 segment is mapped with the fit of its end, so frame times may differ from a session's replay by
 the change of the fit over a segment (microseconds for a settled clock).
@@ -35,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from imusic.align import Aligner, Frame, FrameBlock, samples_to_arrays
-from imusic.protocol import Flag, Hello, NodeSamples, TimeSyncReply, decode_samples_bulk
+from imusic.protocol import PROTOCOL_VERSION, Flag, Hello, NodeSamples, TimeSyncReply, decode_samples_bulk
 from imusic.protocol.decoder import NodeStats
 from imusic.recording import ChunkKind, RecordingReader
 from imusic.timesync import ClockFit, Probe, group_bursts, probes_from_replies
@@ -251,6 +254,8 @@ def _map_segment(node: _Node, seg_end_s: float, aligner: Aligner) -> None:
         return
     row_stop = int(np.searchsorted(node.row_t_s, seg_end_s, side="left")) if math.isfinite(seg_end_s) else len(samples)
     for boot in node.boots[:node.added]:
+        if boot.hello.protocol_version > PROTOCOL_VERSION:
+            continue  # a node speaking a newer protocol is refused, as by a session
         lo = max(boot.row_start, boot.mapped)
         hi = min(boot.row_stop, row_stop)
         if hi <= lo:

@@ -111,13 +111,15 @@ class Session:
 
     @classmethod
     def open(cls, urls: Sequence[str], *, rate_hz: float = 60.0, record: str | Path | None = None,
-             max_latency_s: float = 0.1, hello_timeout_s: float = 5.0, start: bool = True) -> "Session":
+             max_latency_s: float = 0.1, hello_timeout_s: float = 5.0, start: bool = True,
+             sync_interval_s: float = SYNC_INTERVAL_S) -> "Session":
         """Open every URL and wait until each serial/pty/emu/mem link's node has said HELLO (a UDP
         port is listened on; its nodes join when they announce themselves). Streaming is started on
-        nodes that are not streaming yet when ``start``."""
+        nodes that are not streaming yet when ``start``. ``sync_interval_s``: seconds between a
+        node's TIME_SYNC bursts once its first four are in."""
         if not urls:
             raise UserError("a session needs at least one link URL")
-        session = cls(rate_hz=rate_hz, max_latency_s=max_latency_s, record=record)
+        session = cls(rate_hz=rate_hz, max_latency_s=max_latency_s, record=record, sync_interval_s=sync_interval_s)
         try:
             for url in urls:
                 session._add(url)
