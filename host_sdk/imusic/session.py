@@ -9,9 +9,10 @@ frame clock (60 Hz by default, the ARKit rate). Gaps stay gaps: NaN plus ``valid
         for frame in session.frames():
             frame.accel_mps2, frame.gyro_rads, frame.mag_uT, frame.valid, frame.sites
 
-A ``file://rec.imu`` URL replays a recording through the same pipeline, in the caller's thread and
-as fast as it goes; clocks are refitted from the recorded TIME_SYNC exchanges. With ``record=PATH``
-a live session appends every byte it receives and sends to a recording (``imusic.recording``).
+A ``file://rec.imu`` URL replays a recording: decoded and aligned in bulk by ``imusic.replay``
+(clocks refitted from the recorded TIME_SYNC exchanges), then handed out like live frames, as fast
+as they are taken or, with ``?pace=recorded``, at the recorded pace. With ``record=PATH`` a live
+session appends every byte it receives and sends to a recording (``imusic.recording``).
 
 Threads: one reader per link (``LinkPump``), one for clock sync, one that emits frames whose
 deadline passed while no data came. Frames reach the caller through ``frames()`` (a queue),
@@ -32,17 +33,17 @@ from typing import Any
 
 from imusic.align import Aligner, Frame, samples_to_arrays
 from imusic.errors import UserError
-from imusic.links import LinkClosed, open_link
+from imusic.links import LinkClosed, open_link, parse_url
 from imusic.node import LinkPump, NodeClient, NodeError
-from imusic.protocol import BROADCAST_NODE, Cmd, Hello, Message, Samples, StreamDecoder, TimeSyncReply, encode_command
-from imusic.recording import RecordingWriter
-from imusic.timesync import ClockFit, Probe, probes_from_replies
+from imusic.protocol import BROADCAST_NODE, Cmd, Hello, Message, Samples, StreamDecoder, encode_command
+from imusic.recording import RecordingReader, RecordingWriter
+from imusic.replay import ReplayResult, replay_blocks
+from imusic.timesync import ClockFit
 
 __all__ = ["Session", "SessionStats", "recording_url"]
 
 SYNC_INTERVAL_S = 2.0  # between TIME_SYNC bursts per node
 SYNC_BURST = 8  # probes per burst
-REPLAY_BURST_GAP_S = 0.25  # recorded probes further apart than this belong to different bursts
 
 
 def recording_url(path: str | Path, pace: str = "fast") -> str:
@@ -77,7 +78,6 @@ class _Peer:
         client.clock_fit = self.fit
         self.boot_id: int | None = None
         self.aligned_hello: Hello | None = None
-        self.burst: list[Probe] = []  # replay: recorded probes of the burst being collected
 
 
 class Session:
@@ -95,7 +95,8 @@ class Session:
         self._asked: dict[str, float] = {}  # unknown UDP source -> when we last asked for its HELLO
         self._release_latency_s: deque[float] = deque(maxlen=10_000)
         self._pumps: dict[int, LinkPump] = {}  # by link id
-        self._replays: list[Any] = []  # FileLinks read in the caller's thread
+        self._replay: tuple[str, str] | None = None  # (recording path, pace) of a replay session
+        self._replay_result: ReplayResult | None = None
         self._urls: dict[int, str] = {}  # link id (the recording's, when recording) -> URL
         self._queue: queue.Queue[Frame | None] = queue.Queue()
         self._callbacks: list[Callable[[Frame], None]] = []
@@ -124,7 +125,7 @@ class Session:
             for url in urls:
                 session._add(url)
             session._wait_nodes(hello_timeout_s)
-            if start and not session._replays:
+            if start and session._replay is None:
                 for peer in list(session._peers.values()):
                     if not peer.client.streaming:
                         peer.client.start()
@@ -141,10 +142,10 @@ class Session:
             raise UserError(f"{url} is given twice")
         link_id = self._recorder.add_link(url) if self._recorder is not None else len(self._urls) + 1
         self._urls[link_id] = url
-        link = open_link(url)
         if url.startswith("file:"):
-            self._replays.append(link)
+            self._open_replay(url)
             return
+        link = open_link(url)
         pump = LinkPump(url, lambda r, i=link_id: self._on_received(i, r), link=link)
         self._pumps[link_id] = pump
         if not url.startswith("udp:"):
@@ -172,8 +173,19 @@ class Session:
             self._peers[(link_id, source)] = peer
         return client
 
+    def _open_replay(self, url: str) -> None:
+        if len(self._urls) > 1:
+            raise UserError("a replay session takes one recording and no live links")
+        parsed = parse_url(url)
+        parsed.check_params(("pace",))
+        pace = parsed.params.get("pace", "fast")
+        if pace not in ("fast", "recorded"):
+            raise UserError(f"{url}: pace must be fast or recorded, not {pace!r}")
+        RecordingReader(parsed.path)  # a missing or foreign file fails here, with one clear line
+        self._replay = (parsed.path, pace)
+
     def _wait_nodes(self, timeout_s: float) -> None:
-        if self._replays:
+        if self._replay is not None:
             return
         for peer in list(self._peers.values()):
             peer.client.wait_hello(total_s=timeout_s)
@@ -190,32 +202,29 @@ class Session:
             # Each UDP peer is recorded as a link of its own, so a replay still tells them apart.
             rec_id = link_id if received.source == self._urls[link_id] else self._recorder.add_link(received.source)
             self._recorder.data(rec_id, received.t_host_s, received.data)
-        self._route(link_id, received.source, received.data, received.t_host_s, live=True)
+        self._route(link_id, received.source, received.data, received.t_host_s)
 
-    def _route(self, link_id: int, source: str, data: bytes, t_host_s: float, *, live: bool) -> None:
+    def _route(self, link_id: int, source: str, data: bytes, t_host_s: float) -> None:
         key = (link_id, source)
         peer = self._peers.get(key)
         if peer is None:
-            if live and not source.startswith("udp:"):
+            if not source.startswith("udp:"):
                 return  # serial links have their client from the start
-            # A UDP source (or a recorded one) is admitted by a HELLO; anything before is dropped.
+            # A UDP source is admitted by a HELLO; anything before is counted and dropped.
             probe = self._probation.setdefault(key, StreamDecoder())
             messages = probe.feed(data)
             if not any(isinstance(m, Hello) for m in messages):
                 with self._lock:
                     self.stats.unknown_datagrams += 1
-                if live:
-                    self._ask_who(link_id, source)
+                self._ask_who(link_id, source)
                 return
             del self._probation[key]
-            client = self._make_client(link_id, source, self._pumps.get(link_id) if live else None)
-            if live:
-                # Announcing nodes stream to the first host that commands them.
-                threading.Thread(target=self._claim, args=(client,), daemon=True).start()
+            client = self._make_client(link_id, source, self._pumps.get(link_id))
+            # Announcing nodes stream to the first host that commands them.
+            threading.Thread(target=self._claim, args=(client,), daemon=True).start()
             peer = self._peers[key]
         peer.client.feed(data, t_host_s)
-        if live:
-            self._pop_due(released_by_s=t_host_s)
+        self._pop_due(released_by_s=t_host_s)
 
     def _ask_who(self, link_id: int, source: str) -> None:
         """A node that said its boot HELLO before we listened is asked again (once a second at
@@ -257,14 +266,6 @@ class Session:
             with self._lock:
                 arrays = samples_to_arrays(msg, hello, peer.fit)
                 self._aligner.add_samples(msg.node_id, *arrays)
-        elif isinstance(msg, TimeSyncReply) and self._replays:
-            # Replay: rebuild the probes the live session made (the reply echoes the request's send
-            # time), burst by burst as the live session fed them to its fit.
-            for probe in probes_from_replies({msg.probe_id: msg.t0_host_us * 1e-6}, [(msg, t_host_s)]):
-                if peer.burst and probe.t0_host_s - peer.burst[-1].t0_host_s > REPLAY_BURST_GAP_S:
-                    peer.fit.add_burst(peer.burst)
-                    peer.burst = []
-                peer.burst.append(probe)
 
     # ---- background work (live)
 
@@ -333,7 +334,7 @@ class Session:
     def frames(self, timeout_s: float | None = None) -> Iterator[Frame]:
         """Aligned frames, in order. Live: blocks for the next one (ends after ``timeout_s`` without
         one, or when the session closes). Replay: runs the recording through and ends with it."""
-        if self._replays:
+        if self._replay is not None:
             yield from self._replay_frames()
             return
         while True:
@@ -348,27 +349,27 @@ class Session:
             yield frame
 
     def _replay_frames(self) -> Iterator[Frame]:
-        for link_id, link in enumerate(self._replays, start=1):
-            while True:
-                try:
-                    batch = link.read(0)
-                except LinkClosed:
-                    break
-                for received in batch:
-                    self._route(link_id, received.source, received.data, received.t_host_s, live=False)
-                for frame in self._drain_replay(final=False):
-                    yield frame
-        for peer in self._peers.values():
-            if peer.burst:
-                peer.fit.add_burst(peer.burst)
-                peer.burst = []
-        yield from self._drain_replay(final=True)
-
-    def _drain_replay(self, final: bool) -> list[Frame]:
-        # Offline there is no deadline: a frame is due once every node has data past it.
-        frames = self._aligner.flush() if final else self._aligner.pop_frames(float("-inf"))
-        self._emit(frames, enqueue=False)
-        return frames
+        assert self._replay is not None
+        path, pace = self._replay
+        if self._replay_result is None:
+            self._replay_result = replay_blocks(path, self.rate_hz)
+        result = self._replay_result
+        with self._lock:
+            self.stats.frames_aligned = result.frames_aligned
+            self.stats.frames_with_gaps = result.frames_with_gaps
+            self.stats.first_frame_t_s = result.first_frame_t_s
+            self.stats.last_frame_t_s = result.last_frame_t_s
+        t_wall0 = time.monotonic()
+        for frame in result.frames():
+            if self._closing.is_set():
+                return
+            if pace == "recorded" and result.first_frame_t_s is not None:
+                wait_s = (frame.t_host_s - result.first_frame_t_s) - (time.monotonic() - t_wall0)
+                if wait_s > 0:
+                    time.sleep(wait_s)
+            for callback in self._callbacks:
+                callback(frame)
+            yield frame
 
     def on_frame(self, callback: Callable[[Frame], None]) -> None:
         """Call ``callback(frame)`` for every frame (from a reading thread: keep it short)."""
@@ -382,7 +383,7 @@ class Session:
         while not self._closing.is_set():
             frame = await loop.run_in_executor(None, next, iterator, sentinel)
             if frame is sentinel:
-                if self._replays or self._closing.is_set():
+                if self._replay is not None or self._closing.is_set():
                     return
                 iterator = self.frames(timeout_s=0.5)
                 continue
@@ -407,6 +408,10 @@ class Session:
 
     def node_report(self) -> dict[str, dict[str, Any]]:
         """Per node: what ``imusic stats --json`` prints."""
+        if self._replay is not None:
+            if self._replay_result is None:
+                self._replay_result = replay_blocks(self._replay[0], self.rate_hz)
+            return self._replay_result.nodes
         report = {}
         for peer in sorted(self._peers.values(), key=lambda p: p.client.node_id or 0):
             st = peer.client.stats()
@@ -429,8 +434,6 @@ class Session:
         self._closing.set()
         for pump in self._pumps.values():
             pump.close()
-        for link in self._replays:
-            link.close()
         for thread in self._threads:
             thread.join(2)
         if self._recorder is not None:

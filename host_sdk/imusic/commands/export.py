@@ -17,17 +17,16 @@ def run(args: argparse.Namespace) -> int:
 
     from imusic.errors import UserError
     from imusic.export import write_frames
-    from imusic.session import Session, recording_url
+    from imusic.replay import replay_blocks
 
     suffix = {"npz": ".npz", "csv": ".csv", "hdf5": ".h5"}[args.to]
     out = Path(args.out) if args.out else Path(args.recording).with_suffix(suffix)
     if out.exists():
         raise UserError(f"{out} exists: choose another --out")
-    with Session.open([recording_url(args.recording)], rate_hz=args.rate) as session:
-        frames = list(session.frames())
-        if not frames:
-            raise UserError(f"{args.recording} holds no aligned frames (no node said HELLO and sent samples)")
-        meta = {"recording": str(args.recording), "rate_hz": args.rate, "nodes": session.node_report()}
-        write_frames(out, frames, fmt=args.to, meta=meta)
-    print(f"wrote {len(frames)} frames x {frames[0].valid.size} IMUs to {out}")
+    result = replay_blocks(args.recording, args.rate)
+    if not result.frames_aligned:
+        raise UserError(f"{args.recording} holds no aligned frames (no node said HELLO and sent samples)")
+    meta = {"recording": str(args.recording), "rate_hz": args.rate, "nodes": result.nodes}
+    write_frames(out, result.blocks, fmt=args.to, meta=meta)
+    print(f"wrote {result.frames_aligned} frames x {result.blocks[0].valid.shape[1]} IMUs to {out}")
     return 0

@@ -29,5 +29,5 @@ def run(args: argparse.Namespace) -> int:
                       f"{np.nanmax(accel) if frame.valid.any() else float('nan'):.2f} m/s^2", flush=True)
         st = session.stats
         print(f"{st.frames_aligned} frames over {st.duration_s:.1f} s, {st.frames_with_gaps} with gaps; "
-              f"nodes {sorted(session.nodes)}")
+              f"nodes {', '.join(session.node_report())}")
     return 0
