@@ -233,3 +233,21 @@ def test_a_reader_that_dies_is_raised_not_hidden() -> None:
         with pytest.raises(RuntimeError, match="ZeroDivisionError"):
             for _ in session.frames(timeout_s=5.0):
                 pass
+
+
+def test_a_full_disk_stops_the_recording_with_one_line_and_keeps_it_readable(tmp_path: Path) -> None:
+    import resource
+
+    out = tmp_path / "full.imu"
+
+    def small_disk() -> None:  # the file may not grow past 150 kB: writes then fail with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+
+    proc = subprocess.run([sys.executable, "-m", "imusic.cli", "record", "--out", str(out), "--emulate", "1",
+                           "--seconds", "30"], capture_output=True, text=True, timeout=60, preexec_fn=small_disk)
+    assert_one_line_error(proc, str(out))
+    assert out.stat().st_size <= 150_000
+    stats = run_cli("stats", str(out), "--json", timeout=120)
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["nodes"]["1"]["samples"] > 1000  # what was flushed before is all there

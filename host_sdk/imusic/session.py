@@ -22,6 +22,7 @@ deadline passed while no data came. Frames reach the caller through ``frames()``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 from collections import deque
 import threading
@@ -36,7 +37,7 @@ from imusic.errors import UserError
 from imusic.links import LinkClosed, open_link, parse_url
 from imusic.node import LinkPump, NodeClient, NodeError
 from imusic.protocol import BROADCAST_NODE, Cmd, Hello, Message, Samples, StreamDecoder, encode_command
-from imusic.recording import RecordingReader, RecordingWriter
+from imusic.recording import RecordingError, RecordingReader, RecordingWriter
 from imusic.replay import ReplayResult, replay_blocks
 from imusic.timesync import ClockFit
 
@@ -162,8 +163,9 @@ class Session:
         def send(data: bytes) -> None:
             if pump is None:
                 return  # a replay cannot be written to
-            if recorder is not None:
-                recorder.host(rec_id, time.monotonic(), data)
+            if recorder is not None and self._recorder is not None:
+                with self._recording_guard():
+                    recorder.host(rec_id, time.monotonic(), data)
             pump.write(data, dest)
 
         client = NodeClient(send, label=source)
@@ -198,10 +200,12 @@ class Session:
     # ---- input
 
     def _on_received(self, link_id: int, received: Any) -> None:
-        if self._recorder is not None:
-            # Each UDP peer is recorded as a link of its own, so a replay still tells them apart.
-            rec_id = link_id if received.source == self._urls[link_id] else self._recorder.add_link(received.source)
-            self._recorder.data(rec_id, received.t_host_s, received.data)
+        recorder = self._recorder
+        if recorder is not None:
+            with self._recording_guard():
+                # Each UDP peer is recorded as a link of its own, so a replay still tells them apart.
+                rec_id = link_id if received.source == self._urls[link_id] else recorder.add_link(received.source)
+                recorder.data(rec_id, received.t_host_s, received.data)
         self._route(link_id, received.source, received.data, received.t_host_s)
 
     def _route(self, link_id: int, source: str, data: bytes, t_host_s: float) -> None:
@@ -281,10 +285,34 @@ class Session:
                         peer.client.time_sync_burst(SYNC_BURST)
                     except (NodeError, LinkClosed):
                         pass
+                    self._record_fit(peer)
                     # The first bursts come quickly so drift is known early; then every interval.
                     done = peer.fit.n_points
                     next_burst[key] = time.monotonic() + (0.25 if done < 4 else self.sync_interval_s)
             self._closing.wait(0.05)
+
+    def _record_fit(self, peer: _Peer) -> None:
+        """The node's clock fit as session metadata (a replay refits from the recorded probes; this
+        says what the live session used)."""
+        fit, recorder = peer.fit, self._recorder
+        if recorder is None or not fit.ready:
+            return
+        with self._recording_guard():
+            recorder.meta({f"sync.node{peer.client.node_id}": {
+                "offset_s": fit.offset_s, "drift_ppm": fit.device_drift_ppm, "rtt_min_s": fit.rtt_min_s,
+                "points": fit.n_points, "source": fit.source, "t_host_s": time.monotonic()}})
+
+    @contextlib.contextmanager
+    def _recording_guard(self) -> Iterator[None]:
+        """A recording that fails (a full disk) stops: everything flushed before reads back, the
+        session stops recording, and frames() raises the error (one clear line from the CLI)."""
+        try:
+            yield
+        except RecordingError as exc:
+            self._recorder = None
+            if self._failure is None:
+                self._failure = exc
+                self._queue.put(None)
 
     def _deadline_loop(self) -> None:
         period_s = 1.0 / self.rate_hz
@@ -437,7 +465,8 @@ class Session:
         for thread in self._threads:
             thread.join(2)
         if self._recorder is not None:
-            self._recorder.close()
+            with self._recording_guard():
+                self._recorder.close()
         self._queue.put(None)
 
     def __enter__(self) -> "Session":
