@@ -17,6 +17,8 @@ anti-aliasing: ODR/16 = 62.5 Hz for a 200 Hz host (Nyquist 100 Hz), ODR/40 = 25 
 from micropython import const
 import time
 
+from imnode.drivers.chip import I2cChip
+
 _DEVICE_CONFIG = const(0x11)
 _TEMP_DATA1 = const(0x1D)
 _ACCEL_DATA_X1 = const(0x1F)
@@ -40,21 +42,14 @@ _ACCEL_CODES = {16: 0, 8: 1, 4: 2, 2: 3}
 _GYRO_CODES = {2000: 0, 1000: 1, 500: 2, 250: 3, 125: 4}
 
 
-class Icm42688:
+class Icm42688(I2cChip):
     CHIP = 2
     ADDRESSES = (0x68, 0x69)
-
-    @staticmethod
-    def probe(i2c, addr):
-        try:
-            return i2c.readfrom_mem(addr, _WHO_AM_I, 1)[0] == _CHIP_ID
-        except OSError:
-            return False
+    ID_REG = _WHO_AM_I
+    CHIP_ID = _CHIP_ID
 
     def __init__(self, i2c, addr):
-        self.i2c = i2c
-        self.addr = addr
-        self._reg = bytearray(1)
+        super().__init__(i2c, addr)
         self._temp = bytearray(2)
         self.accel_range_g = 0
         self.gyro_range_dps = 0
@@ -63,17 +58,8 @@ class Icm42688:
         self._write(_REG_BANK_SEL, 0)
         self._write(_DEVICE_CONFIG, 0x01)  # soft reset; the chip needs 1 ms before the next access
         time.sleep_ms(2)
-        if self._read(_WHO_AM_I) != _CHIP_ID:
-            raise OSError(19)
+        self._check_id()
         self.configure(8, 500, 100)
-
-    def _write(self, reg, value):
-        self._reg[0] = value
-        self.i2c.writeto_mem(self.addr, reg, self._reg)
-
-    def _read(self, reg):
-        self.i2c.readfrom_mem_into(self.addr, reg, self._reg)
-        return self._reg[0]
 
     def configure(self, accel_range_g, gyro_range_dps, odr_hz):
         """Set full scales and the low-pass suited to a host sample rate of `odr_hz`."""

@@ -10,6 +10,8 @@ noise the chip offers), down-sampling 1.
 from micropython import const
 import time
 
+from imnode.drivers.chip import I2cChip, unmark
+
 _CHIP_ID_REG = const(0x00)
 _CHIP_ID = const(0x80)
 _DATA_X_L = const(0x01)
@@ -27,39 +29,23 @@ _RANGES = {30: (0, 1000), 12: (1, 2500), 8: (2, 3750), 2: (3, 15000)}
 _ODRS = ((10, 0), (50, 1), (100, 2), (200, 3))  # (Hz, CONTROL1 [3:2] code), ascending
 
 
-class Qmc5883p:
+class Qmc5883p(I2cChip):
     MAG_CHIP = 1
     ADDRESSES = (0x2C,)
-
-    @staticmethod
-    def probe(i2c, addr):
-        try:
-            return i2c.readfrom_mem(addr, _CHIP_ID_REG, 1)[0] == _CHIP_ID
-        except OSError:
-            return False
+    ID_REG = _CHIP_ID_REG
+    CHIP_ID = _CHIP_ID
 
     def __init__(self, i2c, addr=0x2C):
-        self.i2c = i2c
-        self.addr = addr
-        self._reg = bytearray(1)
+        super().__init__(i2c, addr)
         self.range_gauss = 0
         self.mag_scale = 0.0
         self._write(_CONTROL2, _SOFT_RESET)
         time.sleep_ms(50)  # the datasheet gives no reset time; 50 ms is the safe choice
-        if self._read(_CHIP_ID_REG) != _CHIP_ID:
-            raise OSError(19)
+        self._check_id()
         # As QST's own init does: axis sign definition and the undocumented 0x0D setting.
         self._write(_AXIS_SIGN, 0x06)
         self._write(_VENDOR_0D, 0x40)
         self.configure(8, 100)
-
-    def _write(self, reg, value):
-        self._reg[0] = value
-        self.i2c.writeto_mem(self.addr, reg, self._reg)
-
-    def _read(self, reg):
-        self.i2c.readfrom_mem_into(self.addr, reg, self._reg)
-        return self._reg[0]
 
     def configure(self, range_gauss, odr_hz):
         """Set the full scale and a continuous-mode rate suited to a host sample rate of `odr_hz`."""
@@ -82,9 +68,7 @@ class Qmc5883p:
     def read_into(self, buf6):
         """mx my mz as int16 LE counts into `buf6` (6-byte memoryview); no allocation."""
         self.i2c.readfrom_mem_into(self.addr, _DATA_X_L, buf6)
-        for i in range(1, 6, 2):
-            if buf6[i] == 0x80 and buf6[i - 1] == 0:
-                buf6[i - 1] = 1
+        unmark(buf6, 6)
 
     def overflowed(self):
         """True when the last conversion exceeded the full scale (STATUS bit 1)."""

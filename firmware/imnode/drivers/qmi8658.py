@@ -13,6 +13,8 @@ Face motion sits well below 20 Hz.
 from micropython import const
 import time
 
+from imnode.drivers.chip import I2cChip, unmark
+
 _WHO_AM_I = const(0x00)
 _CHIP_ID = const(0x05)
 _CTRL1 = const(0x02)
@@ -41,21 +43,15 @@ _ACCEL_CODES = {2: 0, 4: 1, 8: 2, 16: 3}
 _GYRO_CODES = {16: 0, 32: 1, 64: 2, 128: 3, 256: 4, 512: 5, 1024: 6, 2048: 7}
 
 
-class Qmi8658:
+class Qmi8658(I2cChip):
     CHIP = 1
     ADDRESSES = (0x6B, 0x6A)
 
-    @staticmethod
-    def probe(i2c, addr):
-        try:
-            return i2c.readfrom_mem(addr, _WHO_AM_I, 1)[0] == _CHIP_ID
-        except OSError:
-            return False
+    ID_REG = _WHO_AM_I
+    CHIP_ID = _CHIP_ID
 
     def __init__(self, i2c, addr):
-        self.i2c = i2c
-        self.addr = addr
-        self._reg = bytearray(1)
+        super().__init__(i2c, addr)
         self._temp = bytearray(2)
         self.accel_range_g = 0
         self.gyro_range_dps = 0
@@ -71,18 +67,9 @@ class Qmi8658:
             except OSError:
                 pass
             time.sleep_ms(10)
-        if self._read(_WHO_AM_I) != _CHIP_ID:
-            raise OSError(19)
+        self._check_id()
         self._write(_CTRL1, _CTRL1_INIT)
         self.configure(8, 512, 100)
-
-    def _write(self, reg, value):
-        self._reg[0] = value
-        self.i2c.writeto_mem(self.addr, reg, self._reg)
-
-    def _read(self, reg):
-        self.i2c.readfrom_mem_into(self.addr, reg, self._reg)
-        return self._reg[0]
 
     def configure(self, accel_range_g, gyro_range_dps, odr_hz):
         """Set full scales and the low-pass suited to a host sample rate of `odr_hz`."""
@@ -106,10 +93,7 @@ class Qmi8658:
     def read_into(self, buf12):
         """ax ay az gx gy gz as int16 LE counts into `buf12` (12-byte memoryview); no allocation."""
         self.i2c.readfrom_mem_into(self.addr, _AX_L, buf12)
-        # -32768 is the wire's "missing sample" marker: a reading at negative full scale becomes -32767.
-        for i in range(1, 12, 2):
-            if buf12[i] == 0x80 and buf12[i - 1] == 0:
-                buf12[i - 1] = 1
+        unmark(buf12, 12)
 
     def temperature_c(self):
         self.i2c.readfrom_mem_into(self.addr, _TEMP_L, self._temp)
