@@ -73,7 +73,9 @@ def test_host_package_type_checks() -> None:
     # says what is checked (the MicroPython-side emulation modules are left to the tests above).
     pyright = venv_tool("pyright")
     assert pyright
-    proc = subprocess.run([pyright, "--outputjson"], capture_output=True, text=True, cwd=FIRMWARE.parent)
+    # The project named explicitly: a pyrightconfig.json in a folder above must not take over.
+    proc = subprocess.run([pyright, "--outputjson", "-p", str(FIRMWARE.parent / "pyproject.toml")],
+                          capture_output=True, text=True, cwd=FIRMWARE.parent)
     report = json.loads(proc.stdout)
     errors = [f"{d['file']}:{d['range']['start']['line'] + 1}: {d['message']}"
               for d in report["generalDiagnostics"] if d["severity"] == "error"]
