@@ -6,3 +6,15 @@ class UserError(Exception):
 
     The CLI prints ``imusic: error: <message>`` and exits with status 2.
     """
+
+
+def read_error(path: object, exc: OSError, what: str, error: type[UserError] = UserError) -> UserError:
+    """The one-line error for an OSError met reading a user's file; `what` is what the file should
+    have been ("a recording"), for the message about a directory."""
+    if isinstance(exc, FileNotFoundError):
+        return error(f"{path}: no such file")
+    if isinstance(exc, IsADirectoryError):
+        return error(f"{path} is a directory, not {what}")
+    if isinstance(exc, PermissionError):
+        return error(f"{path}: permission denied")
+    return error(f"{path}: cannot read: {exc.strerror or exc}")

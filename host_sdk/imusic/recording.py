@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from imusic.errors import UserError
+from imusic.errors import UserError, read_error
 
 MAGIC_PREFIX = b"IMUREC\x00"
 FORMAT_VERSION = 1
@@ -484,14 +484,8 @@ def _read_head(path: Path) -> bytes:
     try:
         with open(path, "rb") as f:
             return f.read(1 << 16)
-    except FileNotFoundError:
-        raise RecordingError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise RecordingError(f"{path} is a directory, not a recording") from None
-    except PermissionError:
-        raise RecordingError(f"{path}: permission denied") from None
     except OSError as exc:
-        raise RecordingError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise read_error(path, exc, "a recording", RecordingError) from None
 
 
 def _describe_foreign(path: Path, head: bytes) -> str:

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imusic.errors import UserError
+    from imusic.errors import read_error
     from imusic.protocol import Flag, Hello, StreamDecoder
 
     decoder = StreamDecoder()
@@ -32,14 +32,8 @@ def run(args: argparse.Namespace) -> int:
                 for msg in decoder.feed(chunk):
                     if isinstance(msg, Hello) and not msg.flags & Flag.HOST:
                         hellos[msg.node_id] = msg
-    except IsADirectoryError:
-        raise UserError(f"{args.path} is a directory, not a byte-stream file") from None
-    except FileNotFoundError:
-        raise UserError(f"{args.path}: no such file") from None
-    except PermissionError:
-        raise UserError(f"{args.path}: permission denied") from None
     except OSError as exc:
-        raise UserError(f"{args.path}: cannot read: {exc.strerror or exc}") from None
+        raise read_error(args.path, exc, "a byte-stream file") from None
     for msg in decoder.flush():
         if isinstance(msg, Hello) and not msg.flags & Flag.HOST:
             hellos[msg.node_id] = msg
