@@ -26,6 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stats": ("imusic.commands.stats", "decode and align a recording; per-node statistics"),
     "export": ("imusic.commands.export", "export a recording's aligned frames to npz, csv or hdf5"),
     "nodes": ("imusic.commands.nodes", "list nodes answering on serial ports and announcing on UDP"),
+    "placement": ("imusic.commands.placement", "face layouts: list, check, draw, and optimise IMU sites"),
+    "simulate": ("imusic.commands.simulate", "simulated subjects through the real firmware: rec.imu + blendshape truth"),
+    "calibrate": ("imusic.commands.calibrate", "calibration steps (gyro, accel, mag, clock, neutral) saved per node and IMU"),
 }
 
 
