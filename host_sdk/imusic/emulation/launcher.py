@@ -116,12 +116,13 @@ def build_layout(n_imus: int, chips: Sequence[str] | None = None, mags: Sequence
 
 def node_config_for(layout: Sequence[dict[str, Any]], node_id: int, rate_hz: int,
                     link: dict[str, Any]) -> dict[str, Any]:
-    """The node.json a user would write for this layout."""
+    """The node.json a user would write for this layout (an entry's "site" names its IMU; default imuN)."""
     return {
         "node_id": node_id,
         "board": "emulated",
         "rate_hz": rate_hz,
-        "imus": [{"bus": e["bus"], "mux": e["mux"], "channel": e["channel"], "site": f"imu{i}", "chip": "auto"}
+        "imus": [{"bus": e["bus"], "mux": e["mux"], "channel": e["channel"], "site": e.get("site") or f"imu{i}",
+                  "chip": "auto"}
                  for i, e in enumerate(layout)],
         "link": link,
         "autostart": True,
@@ -144,6 +145,10 @@ class EmulatedNode:
     loss: fraction of SAMPLES frames dropped by the firmware's link (seeded); dropped_frames() lists
         their sequence numbers.
     reboot_after_s: the node resets itself once, after this much uptime.
+    uid: the node's 8-byte unique id (default: "emu", the node id, zeros); the simulator gives each
+        rig its own, so a calibration made for one rig refuses another.
+    Layout entries may also carry "site" (the name in node.json, so HELLO carries it) and
+    "temp_cdeg" (what the chip's temperature register reads, 0.01 degC; STATUS reports the first).
     reopen_after: (after_s, down_s): the pty is closed after_s seconds after start and a new one is
         offered down_s later (pty only); pty_link: a symlink kept pointing at the current pty.
     """
@@ -155,7 +160,8 @@ class EmulatedNode:
                  node_config: dict[str, Any] | str | None = None, workdir: str | Path | None = None,
                  heap: str = DEFAULT_HEAP, offset_us: int = 0, delay_ms: float = 0.0, jitter_ms: float = 0.0,
                  loss: float = 0.0, reboot_after_s: float | None = None,
-                 reopen_after: tuple[float, float] | None = None, pty_link: str | Path | None = None) -> None:
+                 reopen_after: tuple[float, float] | None = None, pty_link: str | Path | None = None,
+                 uid: bytes | None = None) -> None:
         self.layout = build_layout(imus) if isinstance(imus, int) else [dict(e) for e in imus]
         if clock not in ("realtime", "virtual"):
             raise UserError(f"clock must be realtime or virtual, not {clock!r}")
@@ -170,6 +176,9 @@ class EmulatedNode:
             raise UserError("delay and jitter need a pty or UDP link (a file has no arrival times)")
         if (reopen_after is not None or pty_link is not None) and self.link_kind != "pty":
             raise UserError("reopening the link and --pty-link need the pty link")
+        if uid is not None and len(uid) != 8:
+            raise UserError(f"a node uid is 8 bytes, not {len(uid)}")
+        self.uid = uid
         self.offset_us = offset_us
         self.delay_ms = delay_ms
         self.jitter_ms = jitter_ms
@@ -285,7 +294,7 @@ class EmulatedNode:
             "clock": {"mode": self.clock, "start_us": self.start_us, "drift_ppm": self.drift_ppm,
                       "offset_us": self.offset_us},
             "faults": [{"imu": f.imu, "from_us": f.from_us, "to_us": f.to_us} for f in self.faults],
-            "uid": (b"emu" + self.node_id.to_bytes(1, "little") + bytes(4)).hex(),
+            "uid": (self.uid or b"emu" + self.node_id.to_bytes(1, "little") + bytes(4)).hex(),
             "boot_seed": self.node_id * 1000 + int(self.source.get("seed", 0)),
             "max_seconds": self.max_seconds or 0,
             "max_frames": self.max_frames or 0,

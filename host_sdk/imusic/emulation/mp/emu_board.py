@@ -7,8 +7,10 @@ imusic.emulation.launcher):
     buses         number of I2C buses (default 2)
     imus          one entry per emulated IMU, in source order:
                   {"bus": 0, "mux": 112 or null, "channel": 0, "chip": "qmi8658"|"icm42688",
-                   "addr": null (the chip's default), "mag": false}
-    source        {"kind": "simple", "seed": 1} or {"kind": "table", "path": "...", "loop": true}
+                   "addr": null (the chip's default), "mag": false,
+                   "temp_cdeg": 3200 (optional: the chip's temperature register, 0.01 degC)}
+    source        {"kind": "simple", "seed": 1} or {"kind": "table", "path": "...", "loop": true,
+                  "start_us": 0 (optional: device time of the table's row 0)}
     clock         {"mode": "virtual"|"realtime", "start_us": 0, "drift_ppm": 0, "offset_us": 0}
                   (emu_clock: start_us places the raw tick counter, offset_us the device time)
     faults        [{"imu": 3, "from_us": 1000000, "to_us": 2000000}]: the IMU (and its magnetometer)
@@ -100,7 +102,7 @@ def _make_source(spec, n_imus):
     if kind == "simple":
         return emu_source.SimpleMotion(spec.get("seed", 0), max(16, n_imus))
     if kind == "table":
-        return emu_source.TableSource(spec["path"], spec.get("loop", True))
+        return emu_source.TableSource(spec["path"], spec.get("loop", True), spec.get("start_us", 0))
     raise ValueError("emulated source kind must be simple or table")
 
 
@@ -117,7 +119,7 @@ def _build_buses():
         chip_cls = CHIP_CLASSES[imu.get("chip", "qmi8658")]
         addr = imu.get("addr") or chip_cls.ADDRESSES[0]
         fail = windows.get(i, ())
-        chips = [chip_cls(source, i, clock, addr=addr, fail_windows=fail)]
+        chips = [chip_cls(source, i, clock, addr=addr, fail_windows=fail, temp_cdeg=imu.get("temp_cdeg", 3200))]
         if imu.get("mag"):
             chips.append(Qmc5883pEmu(source, i, clock, fail_windows=fail))
         mux_addr = imu.get("mux")

@@ -228,10 +228,12 @@ class TableSource(Source):
 
     Between rows the values are interpolated linearly (integer, floor). Past the last row the
     table repeats from row 0 when `loop` is true (the seam from the last row back to row 0 is
-    interpolated too), else the last row holds. Times before 0 read row 0.
+    interpolated too), else the last row holds. Times before 0 read row 0. `start_us` is the device
+    time of row 0 (default 0): a simulated take starts where the node's clock starts, however long
+    the node had been up.
     """
 
-    def __init__(self, path, loop=True):
+    def __init__(self, path, loop=True, start_us=0):
         with open(path, "rb") as f:
             data = f.read()
         if len(data) < TABLE_HEADER_BYTES or data[:8] != TABLE_MAGIC:
@@ -245,10 +247,27 @@ class TableSource(Source):
             raise ValueError("IMU source table %s: body is not a whole number of rows" % path)
         self.n_rows = body // row_bytes
         self.loop = loop
+        self.start_us = start_us
         self._data = data
         self._row_bytes = row_bytes
+        self._stride = CHANNELS * self.n_imus
+        self._ints = None
+        # The rows as native int32 (hosts are little-endian, like the file): reads index them
+        # directly instead of assembling bytes. CPython fills an array with frombytes; MicroPython's
+        # array constructor takes a buffer's raw bytes.
+        ints = array("i")
+        if hasattr(ints, "frombytes"):
+            ints.frombytes(data[TABLE_HEADER_BYTES:])
+        else:
+            ints = array("i", data[TABLE_HEADER_BYTES:])
+        self._ints = None
+        if len(ints) * 4 == body and ints[0] == self._value(0, 0, 0):
+            self._ints = ints
+            self._data = None  # one copy in the heap, not two
 
     def _value(self, row, imu_index, channel):
+        if self._ints is not None:
+            return self._ints[row * self._stride + imu_index * CHANNELS + channel]
         o = TABLE_HEADER_BYTES + row * self._row_bytes + 4 * (imu_index * CHANNELS + channel)
         d = self._data
         v = d[o] | (d[o + 1] << 8) | (d[o + 2] << 16) | (d[o + 3] << 24)
@@ -259,6 +278,7 @@ class TableSource(Source):
             raise IndexError("IMU index out of the table")
         period = self.period_us
         n = self.n_rows
+        t_us -= self.start_us
         if t_us < 0:
             t_us = 0
         if self.loop:
@@ -270,6 +290,18 @@ class TableSource(Source):
             return
         frac = t_us - row * period
         nxt = row + 1 if row + 1 < n else 0
+        ints = self._ints
+        if ints is not None:
+            a0 = row * self._stride + imu_index * CHANNELS
+            if frac == 0:  # on a row: the simulator's ticks land exactly on rows
+                for ch in range(CHANNELS):
+                    out[ch] = ints[a0 + ch]
+                return
+            b0 = nxt * self._stride + imu_index * CHANNELS
+            for ch in range(CHANNELS):
+                a = ints[a0 + ch]
+                out[ch] = a + (ints[b0 + ch] - a) * frac // period
+            return
         for ch in range(CHANNELS):
             a = self._value(row, imu_index, ch)
             out[ch] = a + (self._value(nxt, imu_index, ch) - a) * frac // period
