@@ -27,12 +27,12 @@ import queue
 from collections import deque
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from imusic.align import Aligner, Frame, samples_to_arrays
+from imusic.align import Aligner, Frame, FrameBlock, samples_to_arrays
 from imusic.errors import UserError
 from imusic.links import LinkClosed, open_link, parse_url
 from imusic.node import LinkPump, NodeClient, NodeError
@@ -41,10 +41,20 @@ from imusic.recording import RecordingError, RecordingReader, RecordingWriter
 from imusic.replay import ReplayResult, replay_blocks
 from imusic.timesync import ClockFit
 
-__all__ = ["Session", "SessionStats", "recording_url"]
+__all__ = ["FrameCorrection", "Session", "SessionStats", "recording_url"]
 
 SYNC_INTERVAL_S = 2.0  # between TIME_SYNC bursts per node
 SYNC_BURST = 8  # probes per burst
+
+
+class FrameCorrection(Protocol):
+    """What a session needs of a calibration (``imusic.calibration.Calibration`` is one): refuse
+    other hardware (a ``UserError``), correct frames."""
+
+    def check_hardware(self, hellos: Iterable[Hello]) -> None: ...
+    def check_recording(self, path: str | Path) -> None: ...
+    def apply_frame(self, frame: Frame) -> Frame: ...
+    def apply_block(self, block: FrameBlock) -> FrameBlock: ...
 
 
 def recording_url(path: str | Path, pace: str = "fast") -> str:
@@ -85,8 +95,9 @@ class Session:
     """See the module docstring. Build with ``Session.open``."""
 
     def __init__(self, *, rate_hz: float = 60.0, max_latency_s: float = 0.1, record: str | Path | None = None,
-                 sync_interval_s: float = SYNC_INTERVAL_S) -> None:
+                 sync_interval_s: float = SYNC_INTERVAL_S, calibration: FrameCorrection | None = None) -> None:
         self.rate_hz = rate_hz
+        self.calibration = calibration  # applied to every frame, checked against every HELLO
         self.sync_interval_s = sync_interval_s
         self.stats = SessionStats()
         self._aligner = Aligner(rate_hz=rate_hz, max_latency_s=max_latency_s)
@@ -114,14 +125,22 @@ class Session:
     @classmethod
     def open(cls, urls: Sequence[str], *, rate_hz: float = 60.0, record: str | Path | None = None,
              max_latency_s: float = 0.1, hello_timeout_s: float = 5.0, start: bool = True,
-             sync_interval_s: float = SYNC_INTERVAL_S) -> "Session":
+             sync_interval_s: float = SYNC_INTERVAL_S,
+             calibration: str | Path | FrameCorrection | None = None) -> "Session":
         """Open every URL and wait until each serial/pty/emu/mem link's node has said HELLO (a UDP
         port is listened on; its nodes join when they announce themselves). Streaming is started on
         nodes that are not streaming yet when ``start``. ``sync_interval_s``: seconds between a
-        node's TIME_SYNC bursts once its first four are in."""
+        node's TIME_SYNC bursts once its first four are in. ``calibration``: a calibration file
+        (``imusic.calibration``) or object, checked against each node's HELLO (other hardware: frames()
+        raises its UserError) and applied to every frame."""
         if not urls:
             raise UserError("a session needs at least one link URL")
-        session = cls(rate_hz=rate_hz, max_latency_s=max_latency_s, record=record, sync_interval_s=sync_interval_s)
+        if isinstance(calibration, (str, Path)):
+            from imusic.calibration import Calibration  # the one upward import, only when asked for
+
+            calibration = Calibration.load(calibration)
+        session = cls(rate_hz=rate_hz, max_latency_s=max_latency_s, record=record, sync_interval_s=sync_interval_s,
+                      calibration=calibration)
         try:
             for url in urls:
                 session._add(url)
@@ -261,6 +280,8 @@ class Session:
                 if peer.aligned_hello is None or peer.aligned_hello.imus != msg.imus:
                     self._aligner.add_node(msg.node_id, msg)
                 peer.aligned_hello = msg
+            if self.calibration is not None:
+                self._check_calibration([msg])
         elif isinstance(msg, Samples):
             hello = peer.aligned_hello
             if hello is None or peer.client.refused is not None:
@@ -270,6 +291,16 @@ class Session:
             with self._lock:
                 arrays = samples_to_arrays(msg, hello, peer.fit)
                 self._aligner.add_samples(msg.node_id, *arrays)
+
+    def _check_calibration(self, hellos: list[Hello]) -> None:
+        """Other hardware than the calibration's: the session stops and frames() raises why."""
+        assert self.calibration is not None
+        try:
+            self.calibration.check_hardware(hellos)
+        except UserError as exc:
+            if self._failure is None:
+                self._failure = exc
+                self._queue.put(None)
 
     # ---- background work (live)
 
@@ -344,6 +375,10 @@ class Session:
     def _emit(self, frames: list[Frame], *, enqueue: bool = True) -> None:
         if not frames:
             return
+        if self.calibration is not None:
+            if self._failure is not None:
+                return  # refused hardware: no frame goes out uncorrected or wrongly corrected
+            frames = [self.calibration.apply_frame(f) for f in frames]
         with self._lock:
             st = self.stats
             st.frames_aligned += len(frames)
@@ -388,7 +423,11 @@ class Session:
             self.stats.first_frame_t_s = result.first_frame_t_s
             self.stats.last_frame_t_s = result.last_frame_t_s
         t_wall0 = time.monotonic()
-        for frame in result.frames():
+        blocks = result.blocks
+        if self.calibration is not None:
+            self.calibration.check_recording(path)  # other hardware: one UserError line
+            blocks = [self.calibration.apply_block(b) for b in blocks]
+        for frame in (f for b in blocks for f in b.frames()):
             if self._closing.is_set():
                 return
             if pace == "recorded" and result.first_frame_t_s is not None:

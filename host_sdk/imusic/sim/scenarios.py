@@ -534,7 +534,7 @@ def run_take(take: SimTake, out_dir: str | Path, *, overwrite: bool = True) -> P
     from imusic.protocol import decode_samples_bulk
     from imusic.recording import RecordingWriter
 
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # the emulated node runs in its own working directory
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -1,0 +1,222 @@
+"""Head-motion removal on the simulator (known truth): correlation with head motion, a neutral face
+through head motion against rest, and the cost of the feature function (no thresholds: tables).
+
+Takes are recorded through the real firmware by ``imusic.sim.scenarios.record_scenario`` on the
+imusic layout (one rig, ``--seed``), replayed into frames with ``replay_blocks`` and turned into
+features by ``features_of_block`` (the runtime code path). Definitions of the statistics:
+docs/features.md, "Targets and measured figures".
+
+(a) correlation with head motion: for every feature channel, the largest |Pearson r| with the nine
+    head-motion channels of the truth (head angular rate in H, head linear acceleration in H,
+    gravity direction in H); max and 95th percentile over channels. "raw": the same for the face
+    IMUs' own gyro and accelerometer channels (what the removal starts from).
+(b) neutral face: per feature group, RMS over channels and valid frames of ``neutral_head_motion``
+    against ``neutral`` (head still) on the same rig.
+(c) cost: microseconds of ``FeatureExtractor.update`` per frame for the imusic layout.
+(d) error sources: (b)'s ratio with kinds of sensor error zeroed in the rig (simulator samples
+    straight into frames, no firmware), to find what the residual comes from.
+
+Rows "calibrated" use the rig's calibration from ``imusic.calibration.emulated`` (gyro, accel,
+neutral steps on emulated calibration takes of the same rig); "uncalibrated" use none (the
+extractor captures its own rest and gyro bias from the take's first still second).
+
+Run: ``.venv/bin/python bench/bench_features.py [--seconds 60] [--seed 3] [--no-calibration]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from imusic.align import FrameBlock
+from imusic.features import GROUPS, features_of_block
+from imusic.placement import Layout, load_layout
+from imusic.replay import replay_blocks
+
+RATE_HZ = 60.0
+HEAD_CHANNELS = ("head_rate_x", "head_rate_y", "head_rate_z", "head_acc_x", "head_acc_y", "head_acc_z",
+                 "gravity_x", "gravity_y", "gravity_z")
+
+
+def record(scenario: str, seed: int, seconds: float, root: Path, take_seed: int = 0) -> Path:
+    from imusic.sim.scenarios import record_scenario
+
+    return record_scenario("imusic", scenario, seed=seed, duration_s=seconds, take_seed=take_seed,
+                           out_dir=root / f"{scenario}_{seed}_{take_seed}")
+
+
+def load_block(take: Path) -> FrameBlock:
+    """Every frame of a take's recording as one block."""
+    blocks = replay_blocks(take / "rec.imu", RATE_HZ).blocks
+    first = blocks[0]
+    return FrameBlock(np.concatenate([b.t_host_s for b in blocks]),
+                      np.concatenate([b.accel_mps2 for b in blocks]),
+                      np.concatenate([b.gyro_rads for b in blocks]),
+                      np.concatenate([b.mag_uT for b in blocks]),
+                      np.concatenate([b.valid for b in blocks]), first.sites, first.node_ids)
+
+
+def head_motion(take: Path, t_frames_s: np.ndarray) -> np.ndarray:
+    """(T, 9) head-motion channels of the truth on the frame times (see HEAD_CHANNELS)."""
+    truth = np.load(take / "truth.npz")
+    t = truth["t_s"]
+    R = truth["R_world_head"]
+    p = truth["p_world_m"]
+    dt = float(np.median(np.diff(t)))
+    dR = np.gradient(R, dt, axis=0)
+    W = np.einsum("tji,tjk->tik", R, dR)  # R^T dR/dt = [omega]x, omega in H
+    omega_H = np.stack([W[:, 2, 1] - W[:, 1, 2], W[:, 0, 2] - W[:, 2, 0], W[:, 1, 0] - W[:, 0, 1]], -1) * 0.5
+    acc_H = np.einsum("tji,tj->ti", R, np.gradient(np.gradient(p, dt, axis=0), dt, axis=0))
+    grav_H = R[:, 2, :]  # world up in H
+    channels = np.concatenate([omega_H, acc_H, grav_H], axis=1)
+    return np.stack([np.interp(t_frames_s, t, channels[:, j]) for j in range(channels.shape[1])], axis=1)
+
+
+def max_abs_corr(x: np.ndarray, ok: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per column of x (T, m) over its valid rows ok (T, m): max |Pearson r| with the columns of y."""
+    out = np.zeros(x.shape[1])
+    for j in range(x.shape[1]):
+        rows = ok[:, j] & np.isfinite(x[:, j])
+        if rows.sum() < 10:
+            continue
+        a = x[rows, j] - x[rows, j].mean()
+        b = y[rows] - y[rows].mean(axis=0)
+        den = np.sqrt((a @ a) * (b * b).sum(axis=0))
+        r = np.where(den > 0, (a @ b) / np.where(den > 0, den, 1.0), 0.0)
+        out[j] = float(np.abs(r).max())
+    return out
+
+
+def feature_matrix(feats: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    t, n, k = feats.shape
+    return feats.reshape(t, n * k).astype(np.float64), np.repeat(valid, k, axis=1)
+
+
+def raw_matrix(block: FrameBlock, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    """Face IMUs' gyro and accelerometer channels (T, n_face * 6), before any removal."""
+    idx = [block.sites.index(s) for s in layout.face_sites]
+    x = np.concatenate([block.gyro_rads[:, idx], block.accel_mps2[:, idx]], axis=2)
+    return x.reshape(len(block), -1), np.repeat(block.valid[:, idx], 6, axis=1)
+
+
+def correlation_stats(take: Path, layout: Layout, calibration: Any = None) -> dict[str, float]:
+    block = load_block(take)
+    feats, valid = features_of_block(block, layout, calibration)
+    head = head_motion(take, block.t_host_s)
+    after = max_abs_corr(*feature_matrix(feats, valid), head)
+    before = max_abs_corr(*raw_matrix(block, layout), head)
+    return {"after_max": float(after.max()), "after_p95": float(np.percentile(after, 95)),
+            "before_max": float(before.max()), "before_p95": float(np.percentile(before, 95))}
+
+
+def group_rms(take: Path, layout: Layout, calibration: Any = None) -> dict[str, float]:
+    block = load_block(take)
+    feats, valid = features_of_block(block, layout, calibration)
+    f = feats[valid].astype(np.float64)  # (frames x sites, 9)
+    return {g: float(np.sqrt(np.mean(np.square(f[:, sl])))) for g, sl in GROUPS.items()}
+
+
+def cost_us_per_frame(take: Path, layout: Layout, calibration: Any = None) -> float:
+    block = load_block(take)
+    frames = block.frames()
+    from imusic.features import FeatureExtractor
+
+    ext = FeatureExtractor(layout, calibration, RATE_HZ)
+    t0 = time.perf_counter()
+    for frame in frames:
+        ext.update(frame)
+    return (time.perf_counter() - t0) / len(frames) * 1e6
+
+
+def rig_calibration(seed: int, root: Path) -> Any:
+    from imusic.calibration import Calibration
+    from imusic.calibration.emulated import emulated_calibration
+
+    path = root / f"cal_{seed}.json"
+    emulated_calibration(layout="imusic", seed=seed, steps=("gyro", "accel", "neutral"), out_dir=root / f"cal_{seed}",
+                         save_to=path)
+    return Calibration.load(path)
+
+
+def ablation(seed: int, seconds: float) -> None:
+    """Which sensor errors the residual comes from: the rig's ImuErrors with some kinds zeroed,
+    simulated without the firmware (the simulator's samples with errors, frames at the node ticks)."""
+    import dataclasses
+
+    from imusic.sim.rig import Rig
+    from imusic.sim.scenarios import Subject, simulate_take
+
+    layout = load_layout("imusic")
+    base = Rig.random(layout, seed)
+    kinds = {"all errors (uncalibrated)": (),
+             "accel bias+matrix removed (~calibrated)": ("accel_bias_mps2", "accel_matrix"),
+             "+ gyro scale/cross-axis removed": ("accel_bias_mps2", "accel_matrix", "gyro_matrix"),
+             "+ gyro bias, mounting, placement removed": ("accel_bias_mps2", "accel_matrix", "gyro_matrix",
+                                                         "gyro_bias_rads", "mount_R_nominal_sensor",
+                                                         "placement_offset_mm")}
+    print(f"\n(d) error sources (no firmware; {seconds:.0f} s takes): neutral-face RMS, head moving / head still")
+    print(f"{'errors left in':44} {'rel_rot':>8} {'rel_rate':>9} {'lin_acc':>8}")
+    for label, zero in kinds.items():
+        errs = {}
+        for site, e in base.errors.items():
+            errs[site] = dataclasses.replace(e, **{k: (np.eye(3) if np.ndim(getattr(e, k)) == 2
+                                                       else np.zeros_like(getattr(e, k))) for k in zero})
+        rig = dataclasses.replace(base, errors=errs)
+        rms = {}
+        for sc in ("neutral", "neutral_head_motion"):
+            st = simulate_take(rig, sc, duration_s=seconds, subject=Subject.random(seed)).stacked()
+            acc = st["accel_mps2"]
+            block = FrameBlock(st["sample_t_s"].mean(axis=1), acc, st["gyro_rads"], np.full_like(acc, np.nan),
+                               np.ones(acc.shape[:2], bool), layout.sites, tuple(i.node_id for i in layout.imus))
+            feats, valid = features_of_block(block, layout)
+            f = feats[valid].astype(np.float64)
+            rms[sc] = {g: float(np.sqrt(np.mean(np.square(f[:, sl])))) for g, sl in GROUPS.items()}
+        ratio = {g: rms["neutral_head_motion"][g] / rms["neutral"][g] for g in GROUPS}
+        print(f"{label:44} {ratio['rel_rot']:8.2f} {ratio['rel_rate']:9.2f} {ratio['lin_acc']:8.2f}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="head-motion removal on the simulator")
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--no-calibration", action="store_true")
+    args = ap.parse_args()
+    layout = load_layout("imusic")
+    with tempfile.TemporaryDirectory(prefix="imusic-bench-features-") as tmp:
+        root = Path(tmp)
+        takes = {sc: record(sc, args.seed, args.seconds, root)
+                 for sc in ("neutral", "neutral_head_motion", "expressions_walk", "expressions")}
+        cals: list[tuple[str, Any]] = [("uncalibrated", None)]
+        if not args.no_calibration:
+            cals.append(("calibrated", rig_calibration(args.seed, root)))
+        print(f"imusic layout ({len(layout.face_sites)} face sites + {layout.head_reference}), rig seed "
+              f"{args.seed}, {args.seconds:.0f} s takes through the emulated firmware, {RATE_HZ:.0f} Hz frames\n")
+        print("(a) max |Pearson r| of a channel with head motion (rate, linear acceleration, gravity in H)")
+        print(f"{'take':22} {'calibration':13} {'raw max':>8} {'raw p95':>8} {'feat max':>9} {'feat p95':>9}")
+        for sc in ("expressions_walk", "expressions", "neutral_head_motion"):
+            for name, cal in cals:
+                s = correlation_stats(takes[sc], layout, cal)
+                print(f"{sc:22} {name:13} {s['before_max']:8.3f} {s['before_p95']:8.3f} "
+                      f"{s['after_max']:9.3f} {s['after_p95']:9.3f}")
+        print("\n(b) neutral face: feature RMS per group, head still vs head turning and walking")
+        print(f"{'group':9} {'calibration':13} {'rest':>10} {'head motion':>12} {'ratio':>6}  unit")
+        units = {"rel_rot": "rad", "rel_rate": "rad/s", "lin_acc": "m/s^2"}
+        for name, cal in cals:
+            rest = group_rms(takes["neutral"], layout, cal)
+            moving = group_rms(takes["neutral_head_motion"], layout, cal)
+            for g in GROUPS:
+                print(f"{g:9} {name:13} {rest[g]:10.5f} {moving[g]:12.5f} {moving[g] / rest[g]:6.2f}  {units[g]}")
+        print("\n(c) cost of FeatureExtractor.update, imusic layout")
+        for name, cal in cals:
+            us = cost_us_per_frame(takes["expressions"], layout, cal)
+            print(f"{name:13} {us:8.0f} us per frame ({len(layout.sites)} IMUs)")
+    ablation(args.seed, min(args.seconds, 30.0))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

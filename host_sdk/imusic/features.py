@@ -1,0 +1,619 @@
+"""Facial features with head motion taken out: THE one feature function (training, evaluation and
+runtime all call ``FeatureExtractor.update``; ``features_of_block`` loops it).
+
+Per face site s and head reference r (definitions and frames: docs/features.md):
+
+- ``rel_rot_{x,y,z}_rad``: rotation vector of ``R_rest^T R_rel`` with ``R_rel = R_world_r^T
+  R_world_s`` (each IMU's orientation from its own ``OrientationFilter``) and ``R_rest`` the value
+  of ``R_rel`` with the face neutral (the calibration's neutral capture, else captured from the
+  take's first still second). Axes: the site's rest frame.
+- ``rel_rate_{x,y,z}_rads``: ``omega_s - R_rel^T omega_r``, the site's angular rate relative to the
+  head, in the site's own (current) frame.
+- ``lin_acc_{x,y,z}_mps2``: ``R_rel f_s - f_r - (alpha x l + omega x (omega x l))`` in the head
+  reference's frame (gravity and the head's own acceleration cancel; the bracket is the rigid-body
+  acceleration of the lever arm ``l`` from the reference to the site, omega/alpha from the head
+  reference gyro), then rotated into the site's rest frame with ``R_rest^T``.
+
+Any change to these definitions (or to the defaults of ``FeatureSettings``) bumps
+``FEATURE_VERSION``; models record the version and the spec they were trained with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from imusic.align import Frame, FrameBlock
+from imusic.errors import UserError
+from imusic.orientation import OrientationFilter, OrientationSettings, quat_multiply, quat_to_matrix
+
+__all__ = [
+    "FEATURE_NAMES",
+    "FEATURE_UNITS",
+    "FEATURE_VERSION",
+    "FEATURES_PER_SITE",
+    "FeatureError",
+    "FeatureExtractor",
+    "FeatureSettings",
+    "feature_spec",
+    "features_of_block",
+    "nominal_R_head_sensor",
+]
+
+FEATURE_VERSION = 1
+FEATURE_NAMES: tuple[str, ...] = (
+    "rel_rot_x_rad", "rel_rot_y_rad", "rel_rot_z_rad",
+    "rel_rate_x_rads", "rel_rate_y_rads", "rel_rate_z_rads",
+    "lin_acc_x_mps2", "lin_acc_y_mps2", "lin_acc_z_mps2",
+)
+FEATURES_PER_SITE = len(FEATURE_NAMES)
+FEATURE_UNITS: tuple[str, ...] = ("rad",) * 3 + ("rad/s",) * 3 + ("m/s^2",) * 3
+GROUPS: dict[str, slice] = {"rel_rot": slice(0, 3), "rel_rate": slice(3, 6), "lin_acc": slice(6, 9)}
+
+
+class FeatureError(UserError):
+    """Frames that cannot give features for this layout (e.g. no head reference IMU)."""
+
+
+class _SiteGeometry(Protocol):
+    @property
+    def position_mm(self) -> np.ndarray: ...
+    @property
+    def normal(self) -> np.ndarray: ...
+
+
+class LayoutLike(Protocol):
+    """What the extractor needs of an ``imusic.placement.Layout``."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def head_reference(self) -> str: ...
+    @property
+    def face_sites(self) -> tuple[str, ...]: ...
+    def site(self, name: str) -> Any: ...
+
+
+class CalibrationLike(Protocol):
+    """What the extractor needs of an ``imusic.calibration.Calibration`` (``neutral`` optional)."""
+
+    def apply_frame(self, frame: Frame) -> Frame: ...
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """Knobs of the feature function. Part of the feature definition: recorded in the spec.
+
+    orientation: one settings object for every IMU's filter (same gain everywhere, so tilt errors
+        common to the whole head cancel in relative rotations).
+    max_gap_s: after a missing sample, filters restart rather than integrate across the gap: the
+        head reference from its accelerometer, each face site at the head reference's orientation
+        times its last relative orientation (gaps up to ``max_gap_s``) or its rest orientation
+        (longer gaps: the face may have moved meanwhile). Relative orientation so survives gaps.
+    rest_window_s, rest_search_s, still_rads: without a calibrated neutral, ``R_rest`` is the mean
+        relative orientation over the first ``rest_window_s`` in which the head reference turns
+        slower than ``still_rads``; if none is found within ``rest_search_s`` the next window is
+        used as it is. Features are invalid until the rest is known.
+    gyro_bias_at_rest: a rest window in which the head reference's gyro stays below
+        ``bias_still_rads`` on every axis also gives every gyro's residual bias (mean reading),
+        subtracted from then on.
+    lever_arm_adapt: refine each lever arm by regularised least squares on the rigid-body equation
+        while the head turns (the catalogue position is the prior; faces differ in size).
+    lever_arm_prior_weight: weight of the prior, in units of (rad/s)^4 s of excitation.
+    lever_arm_to_filter: feed each face site's filter its specific force moved to the reference
+        point (docs/features.md).
+    align_relative: (off by default: no measurable gain on the simulator, see docs/features.md)
+        correct each site's relative orientation from how its gyro correlates with
+        the head reference's (``omega_r ~ R_rel omega_s`` while the head turns; orthogonal
+        Procrustes over the last ``align_tau_s``, the filter's estimate as a prior of weight
+        ``align_prior`` (rad/s)^2 s). Accelerometers cannot see the relative heading; this can.
+        While less than ``align_settle`` (rad/s)^2 s of head rotation has been seen, a captured
+        rest follows the correction (its heading came from the nominal mounting).
+    gyro_gain_adapt: (off by default: facial rotation corrupts the regression online; meant for
+        data with the face known neutral, docs/features.md)
+        estimate each site gyro's scale and cross-axis error relative to the head
+        reference's (the calibration has no gyro-scale step; 1 % of a 3 rad/s head turn is ten
+        times the gyro noise): the 3x3 ``G`` with ``omega_s ~ G R_rel^T omega_r`` by
+        least squares over the whole take (prior ``G = I`` of weight ``gyro_gain_prior``
+        (rad/s)^2 s), with a constant term for the gyro bias relative to the reference's; the
+        site's gyro is corrected by both before everything else. ``gyro_gain_symmetric`` keeps
+        only G's symmetric stretch (measured worse: the antisymmetric part of the cross-axis
+        error is a gyro-to-accelerometer misalignment the filters cannot see).
+    """
+
+    orientation: OrientationSettings = field(default_factory=lambda: OrientationSettings(startup=False))
+    max_gap_s: float = 0.25
+    rest_window_s: float = 1.0
+    rest_search_s: float = 3.0
+    still_rads: float = 0.3
+    gyro_bias_at_rest: bool = True
+    bias_still_rads: float = 0.05
+    lever_arm_adapt: bool = True
+    lever_arm_prior_weight: float = 20.0
+    lever_arm_to_filter: bool = True
+    align_relative: bool = False
+    align_tau_s: float = 10.0
+    align_prior: float = 1.0
+    align_settle: float = 30.0
+    gyro_gain_adapt: bool = False
+    gyro_gain_prior: float = 5.0
+    gyro_gain_symmetric: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"orientation": self.orientation.to_dict(), "max_gap_s": self.max_gap_s,
+                "rest_window_s": self.rest_window_s, "rest_search_s": self.rest_search_s,
+                "still_rads": self.still_rads, "gyro_bias_at_rest": self.gyro_bias_at_rest,
+                "bias_still_rads": self.bias_still_rads,
+                "lever_arm_adapt": self.lever_arm_adapt,
+                "lever_arm_prior_weight": self.lever_arm_prior_weight,
+                "lever_arm_to_filter": self.lever_arm_to_filter, "align_relative": self.align_relative,
+                "align_tau_s": self.align_tau_s, "align_prior": self.align_prior,
+                "align_settle": self.align_settle, "gyro_gain_adapt": self.gyro_gain_adapt,
+                "gyro_gain_prior": self.gyro_gain_prior, "gyro_gain_symmetric": self.gyro_gain_symmetric}
+
+
+def nominal_R_head_sensor(normal: np.ndarray) -> np.ndarray:
+    """Nominal mounting (docs/sim.md): z_S = outward normal, x_S = +z_H projected on the skin
+    plane (+x_H where the normal is near vertical), y_S = z_S x x_S. Columns are the S axes in H."""
+    z = np.asarray(normal, dtype=np.float64)
+    z = z / np.linalg.norm(z)
+    up = np.array([0.0, 0.0, 1.0])
+    if abs(float(z @ up)) > 0.9:
+        up = np.array([1.0, 0.0, 0.0])
+    x = up - (up @ z) * z
+    x /= np.linalg.norm(x)
+    return np.column_stack([x, np.cross(z, x), z])
+
+
+def _quat_of_matrix(r: np.ndarray) -> np.ndarray:
+    from imusic.orientation import matrix_to_quat
+
+    return matrix_to_quat(r)
+
+
+def _tilt_quat(accel_mps2: np.ndarray) -> np.ndarray:
+    """R_world_sensor with heading 0 whose world z matches the measured specific force."""
+    up_s = accel_mps2 / np.linalg.norm(accel_mps2)
+    return _align_quat(up_s, np.array([0.0, 0.0, 1.0]))
+
+
+def _align_quat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The smallest rotation taking unit vector a onto unit vector b, as (w, x, y, z)."""
+    c = float(a @ b)
+    if c < -0.999999:
+        axis = np.cross(a, [1.0, 0.0, 0.0])
+        if np.linalg.norm(axis) < 1e-6:
+            axis = np.cross(a, [0.0, 1.0, 0.0])
+        axis /= np.linalg.norm(axis)
+        return np.array([0.0, *axis])
+    q = np.array([1.0 + c, *np.cross(a, b)])
+    return q / np.linalg.norm(q)
+
+
+def _mean_quat(qs: Sequence[np.ndarray]) -> np.ndarray:
+    ref = qs[0]
+    acc = np.zeros(4)
+    for q in qs:
+        acc += q if float(q @ ref) >= 0 else -q
+    return acc / np.linalg.norm(acc)
+
+
+def _quats_of_matrices(r: np.ndarray) -> np.ndarray:
+    """(n, 3, 3) rotation matrices -> (n, 4) quaternions (w, x, y, z), w >= 0."""
+    from scipy.spatial.transform import Rotation
+
+    xyzw = Rotation.from_matrix(r).as_quat()
+    q = xyzw[:, [3, 0, 1, 2]]
+    return q * np.where(q[:, :1] < 0, -1.0, 1.0)
+
+
+def _quats_of_rotvecs(v: np.ndarray) -> np.ndarray:
+    """(n, 3) rotation vectors -> (n, 4) quaternions (w, x, y, z)."""
+    angle = np.linalg.norm(v, axis=1)
+    half = 0.5 * angle
+    scale = np.where(angle > 1e-12, np.sin(half) / np.maximum(angle, 1e-300), 0.5)
+    return np.concatenate([np.cos(half)[:, None], v * scale[:, None]], axis=1)
+
+
+def _rotvecs(r: np.ndarray) -> np.ndarray:
+    """(n, 3, 3) rotation matrices -> (n, 3) rotation vectors (angles below ~170 degrees)."""
+    axis2s = np.stack([r[:, 2, 1] - r[:, 1, 2], r[:, 0, 2] - r[:, 2, 0], r[:, 1, 0] - r[:, 0, 1]], axis=1)
+    cos_a = np.clip((np.trace(r, axis1=1, axis2=2) - 1.0) * 0.5, -1.0, 1.0)
+    sin_a = 0.5 * np.linalg.norm(axis2s, axis=1)
+    angle = np.arctan2(sin_a, cos_a)
+    scale = np.where(sin_a < 1e-9, 0.5, angle / np.maximum(2.0 * sin_a, 1e-300))
+    return axis2s * scale[:, None]
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+
+
+@dataclass
+class _ImuState:
+    filt: OrientationFilter
+    q: np.ndarray | None = None  # current R_world_sensor, None until initialised
+    last_t_s: float = -math.inf
+    q_rel_last: np.ndarray | None = None  # a face site's last R_rel (w, x, y, z)
+    bias_rads: np.ndarray = field(default_factory=lambda: np.zeros(3))
+
+
+class FeatureExtractor:
+    """Streaming features of every face site of ``layout`` relative to its head reference.
+
+    ``update(frame)`` -> ``(features (n_face, 9) float32, valid (n_face,) bool)``; invalid rows are
+    NaN. Frames must arrive in time order (the session's or a replay's frames)."""
+
+    def __init__(self, layout: LayoutLike, calibration: CalibrationLike | None = None,
+                 rate_hz: float = 60.0, settings: FeatureSettings | None = None) -> None:
+        self.layout = layout
+        self.calibration = calibration
+        self.rate_hz = float(rate_hz)
+        self.settings = settings if settings is not None else FeatureSettings()
+        self.head_reference = layout.head_reference
+        self.face_sites = tuple(layout.face_sites)
+        n = len(self.face_sites)
+        ref = layout.site(self.head_reference)
+        self._R_H_ref = nominal_R_head_sensor(np.asarray(ref.normal))
+        # lever arms (m) from the reference to each site, in the reference sensor's frame
+        p_ref = np.asarray(ref.position_mm, dtype=np.float64)
+        arms = []
+        rel_guess = []
+        for name in self.face_sites:
+            s = layout.site(name)
+            arms.append(self._R_H_ref.T @ ((np.asarray(s.position_mm, dtype=np.float64) - p_ref) * 1e-3))
+            rel_guess.append(_quat_of_matrix(self._R_H_ref.T @ nominal_R_head_sensor(np.asarray(s.normal))))
+        self._arm_prior_m = np.array(arms).reshape(n, 3)
+        self._q_rel_guess = np.array(rel_guess).reshape(n, 4)
+        self._neutral = self._calibrated_neutral()
+        self._index_cache: tuple[tuple[str, ...], int, np.ndarray] | None = None
+        self.reset()
+
+    def _calibrated_neutral(self) -> np.ndarray | None:
+        """R_rel at rest per face site from the calibration's neutral capture, if it has one."""
+        cal = self.calibration
+        getter = getattr(cal, "neutral_quaternions", None) if cal is not None else None
+        got = getter() if callable(getter) else None
+        neutral: dict[str, Any] = dict(got) if isinstance(got, dict) else {}
+        if not neutral:
+            return None
+        cal_ref = getattr(cal, "head_reference", None)
+        if cal_ref is not None and cal_ref != self.head_reference:
+            raise FeatureError(f"the calibration's neutral pose is relative to {cal_ref!r}, the layout's head "
+                               f"reference is {self.head_reference!r}; run `imusic calibrate neutral` again")
+        missing = [name for name in self.face_sites if name not in neutral]
+        if missing:
+            raise FeatureError(f"calibration has no neutral pose for face site {missing[0]!r}; "
+                               "run `imusic calibrate neutral` again")
+        qs = [np.asarray(neutral[name], dtype=np.float64) for name in self.face_sites]
+        return np.array([q / np.linalg.norm(q) for q in qs])
+
+    def reset(self) -> None:
+        """Forget every filter, the captured rest and the lever-arm refinement."""
+        n = len(self.face_sites)
+        self._ref = _ImuState(OrientationFilter(self.rate_hz, self.settings.orientation))
+        self._sites = [_ImuState(OrientationFilter(self.rate_hz, self.settings.orientation)) for _ in range(n)]
+        self._omega_hist: list[np.ndarray] = []  # head reference rates of the last contiguous frames
+        self._omega_hist_t: float = -math.inf
+        self._q_rest: np.ndarray | None = None if self._neutral is None else self._neutral.copy()
+        self._rest_R: np.ndarray | None = None if self._q_rest is None else quat_to_matrix(self._q_rest)
+        self._rest_frames: list[np.ndarray] = []
+        self._rest_gyro: list[np.ndarray] = []
+        self._rest_still = True
+        self._t_first_s: float | None = None
+        self._arm_m = self._arm_prior_m.copy()
+        w = self.settings.lever_arm_prior_weight
+        self._arm_ktk = np.repeat(np.eye(3)[None] * w, n, axis=0)
+        self._arm_ktd = self._arm_prior_m[:, :, None] * w
+        self._align_H = np.zeros((n, 3, 3))
+        lam = self.settings.gyro_gain_prior
+        self._gain_vv = np.repeat(np.eye(4)[None] * lam, n, axis=0)  # [v, 1] [v, 1]^T
+        self._gain_sv = np.repeat(np.eye(3, 4)[None] * lam, n, axis=0)  # omega_s [v, 1]^T
+        self._gain_bias = np.zeros((n, 3))
+        self._gain_inv = np.repeat(np.eye(3)[None], n, axis=0)
+        self._align_seen = np.zeros(n)
+        self._rest_follows = self._neutral is None
+        self.frames_seen = 0
+
+    # -- frame plumbing ------------------------------------------------------------------------
+
+    def _indices(self, sites: tuple[str, ...]) -> tuple[int, np.ndarray]:
+        cache = self._index_cache
+        if cache is not None and cache[0] is sites:
+            return cache[1], cache[2]
+        if self.head_reference not in sites:
+            raise FeatureError(f"the frames have no IMU at head reference site {self.head_reference!r} "
+                               f"of layout {self.layout.name!r}; head-motion removal needs it")
+        ref = sites.index(self.head_reference)
+        idx = np.array([sites.index(s) if s in sites else -1 for s in self.face_sites], dtype=np.int64)
+        self._index_cache = (sites, ref, idx)
+        return ref, idx
+
+    def _usable(self, frame: Frame, i: int) -> bool:
+        if i < 0 or not bool(frame.valid[i]):
+            return False
+        return bool(np.isfinite(frame.gyro_rads[i]).all() and np.isfinite(frame.accel_mps2[i]).all())
+
+    def _step(self, st: _ImuState, t_s: float, gyro: np.ndarray, accel: np.ndarray,
+              mag: np.ndarray | None, q_ref: np.ndarray | None = None, k: int = -1) -> bool:
+        """Update one IMU's filter (the reference when ``q_ref`` is None, else face site ``k``);
+        restart it instead after a missing sample (see ``FeatureSettings.max_gap_s``). True when
+        it restarted."""
+        gap = t_s - st.last_t_s
+        restart = st.q is None or gap > 1.5 / self.rate_hz
+        if restart:
+            st.filt.reset()
+            if q_ref is None:  # the reference: tilt from its accelerometer, heading 0
+                q0 = _tilt_quat(accel)
+            elif st.q_rel_last is not None and gap <= self.settings.max_gap_s:
+                q0 = quat_multiply(q_ref, st.q_rel_last)
+            elif self._q_rest is not None:
+                q0 = quat_multiply(q_ref, self._q_rest[k])
+            else:
+                # start of a take (head still, rest not captured yet): the catalogue's nominal
+                # mounting gives the heading relative to the head, the site's accelerometer its tilt
+                q0 = quat_multiply(q_ref, self._q_rel_guess[k])
+                up_world = quat_to_matrix(q0) @ (accel / np.linalg.norm(accel))
+                q0 = quat_multiply(_align_quat(up_world, np.array([0.0, 0.0, 1.0])), q0)
+            # q0 is already the orientation at t_s (the reference was updated for this frame):
+            # an update now would rotate it by one more sample of gyro
+            st.filt.set_quaternion(q0)
+            st.q = st.filt.quaternion()
+        else:
+            st.q = st.filt.update(gyro - st.bias_rads, accel, mag)
+        st.last_t_s = t_s
+        return restart
+
+    def update(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+        if self.calibration is not None:
+            frame = self.calibration.apply_frame(frame)
+        ref_i, idx = self._indices(frame.sites)
+        n = len(self.face_sites)
+        t = float(frame.t_host_s)
+        out = np.full((n, FEATURES_PER_SITE), np.nan, dtype=np.float32)
+        valid = np.zeros(n, dtype=bool)
+        self.frames_seen += 1
+        mag = frame.mag_uT
+
+        # head reference first: a restart of it invalidates every site's heading
+        if not self._usable(frame, ref_i):
+            return out, valid
+        ref_restart = self._step(self._ref, t, frame.gyro_rads[ref_i], frame.accel_mps2[ref_i], mag[ref_i])
+        if ref_restart:  # every site re-anchors to the new reference orientation
+            for st in self._sites:
+                st.q = None
+        assert self._ref.q is not None
+        q_ref = self._ref.q
+        if self._t_first_s is None:
+            self._t_first_s = t
+
+        # head angular rate and its causal derivative (second-order backward difference)
+        omega_r = frame.gyro_rads[ref_i] - self._ref.bias_rads
+        if ref_restart or t - self._omega_hist_t > 1.5 / self.rate_hz:
+            self._omega_hist = []
+        self._omega_hist = (self._omega_hist + [omega_r])[-3:]
+        self._omega_hist_t = t
+        h = self._omega_hist
+        if len(h) == 3:
+            alpha_r = (3.0 * h[2] - 4.0 * h[1] + h[0]) * (0.5 * self.rate_hz)
+        elif len(h) == 2:
+            alpha_r = (h[1] - h[0]) * self.rate_hz
+        else:
+            alpha_r = np.zeros(3)
+        wx = _skew(omega_r)
+        K = _skew(alpha_r) + wx @ wx  # rigid-body acceleration at lever arm l (ref frame) = K @ l
+        rigid_r = self._arm_m @ K.T  # (n, 3)
+        R_ref = quat_to_matrix(q_ref)
+
+        site_ok = np.zeros(n, dtype=bool)
+        have = [k for k in range(n) if self._sites[k].q is not None
+                and t - self._sites[k].last_t_s <= 1.5 / self.rate_hz]
+        shift = np.zeros((n, 3))
+        if have and self.settings.lever_arm_to_filter:
+            # the site's filter corrects its tilt from its specific force moved to the reference
+            # point (rigid lever-arm term out): both filters then see the same vector, so their
+            # tilt errors stay common to the head and cancel in R_rel
+            R_prev = quat_to_matrix(np.array([self._sites[k].q for k in have]))
+            R_rel_prev = np.einsum("ji,njk->nik", R_ref, R_prev)
+            shift[have] = np.einsum("nji,nj->ni", R_rel_prev, rigid_r[have])
+        for k in range(n):
+            i = int(idx[k])
+            if not self._usable(frame, i):
+                continue
+            gyro = frame.gyro_rads[i]
+            if self.settings.gyro_gain_adapt:  # the site's gyro in the reference gyro's units
+                b = self._sites[k].bias_rads
+                gyro = self._gain_inv[k] @ (gyro - b - self._gain_bias[k]) + b
+            self._step(self._sites[k], t, gyro, frame.accel_mps2[i] - shift[k], mag[i], q_ref, k)
+            site_ok[k] = True
+        if not site_ok.any():
+            return out, valid
+
+        ks = np.flatnonzero(site_ok)
+        R_s = quat_to_matrix(np.array([self._sites[k].q for k in ks]))
+        R_rel = np.einsum("ji,njk->nik", R_ref, R_s)  # R_ref^T R_s
+        q_ref_conj = q_ref * np.array([1.0, -1.0, -1.0, -1.0])
+        for k in ks:
+            st = self._sites[k]
+            assert st.q is not None
+            st.q_rel_last = quat_multiply(q_ref_conj, st.q)
+        if self._rest_R is None:
+            self._capture_rest(frame, t, ref_i, idx, omega_r, R_rel, ks, site_ok)
+            if self._rest_R is None:
+                return out, valid
+        g_s = frame.gyro_rads[idx[ks]] - np.array([self._sites[k].bias_rads for k in ks])
+        if self.settings.gyro_gain_adapt:
+            self._adapt_gains(ks, g_s, np.einsum("nji,j->ni", R_rel, omega_r))
+            g_s = np.einsum("nij,nj->ni", self._gain_inv[ks], g_s - self._gain_bias[ks])
+        if self.settings.align_relative:
+            R_rel = self._align(ks, omega_r, g_s, R_rel, q_ref)
+        assert self._rest_R is not None
+        rest_R = self._rest_R[ks]
+        f_s = frame.accel_mps2[idx[ks]]
+        f_r = frame.accel_mps2[ref_i]
+        rel_rot = _rotvecs(np.einsum("nji,njk->nik", rest_R, R_rel))
+        rel_rate = g_s - np.einsum("nji,j->ni", R_rel, omega_r)
+        diff = np.einsum("nij,nj->ni", R_rel, f_s) - f_r
+        if self.settings.lever_arm_adapt:
+            self._adapt_arms(ks, K, diff)
+        lin_acc = np.einsum("nji,nj->ni", rest_R, diff - self._arm_m[ks] @ K.T)
+        out[ks, 0:3] = rel_rot
+        out[ks, 3:6] = rel_rate
+        out[ks, 6:9] = lin_acc
+        valid[ks] = True
+        return out, valid
+
+    def _align(self, ks: np.ndarray, omega_r: np.ndarray, g_s: np.ndarray, R_rel: np.ndarray,
+               q_ref: np.ndarray) -> np.ndarray:
+        """Relative orientation from gyro correlation (see ``FeatureSettings.align_relative``)."""
+        s = self.settings
+        dt = 1.0 / self.rate_hz
+        self._align_H[ks] = self._align_H[ks] * math.exp(-dt / s.align_tau_s) + np.einsum(
+            "i,nj->nij", omega_r, g_s) * dt
+        self._align_seen[ks] += float(omega_r @ omega_r) * dt
+        if self.frames_seen % 6:  # every 0.1 s at 60 Hz is plenty for a slow correction
+            return R_rel
+        M = self._align_H[ks] + s.align_prior * R_rel
+        U, _, Vt = np.linalg.svd(M)
+        d = np.sign(np.linalg.det(U @ Vt))
+        U[:, :, 2] *= d[:, None]
+        R_fit = U @ Vt
+        # keep only the part about the vertical: the accelerometers already fix the tilt (the
+        # two would otherwise fight over any accelerometer error), the heading is what they miss
+        up_ref = quat_to_matrix(q_ref)[2]  # world up in the reference frame
+        phi = _rotvecs(np.einsum("nij,nkj->nik", R_fit, R_rel))  # R_fit R_rel^T
+        phi_v = (phi @ up_ref)[:, None] * up_ref[None, :]
+        R_new = np.einsum("nij,njk->nik", quat_to_matrix(_quats_of_rotvecs(phi_v)), R_rel)
+        q_new = _quats_of_matrices(R_new)
+        for j, k in enumerate(ks):
+            st = self._sites[k]
+            st.q = quat_multiply(q_ref, q_new[j])
+            st.filt.set_quaternion(st.q)
+            st.q_rel_last = q_new[j]
+        if self._rest_follows and self._rest_R is not None:
+            follow = ks[self._align_seen[ks] < s.align_settle]
+            if len(follow):
+                pos = np.searchsorted(ks, follow)
+                D = np.einsum("nij,nkj->nik", R_new[pos], R_rel[pos])  # R_new R_old^T
+                self._rest_R[follow] = D @ self._rest_R[follow]
+                assert self._q_rest is not None
+                self._q_rest[follow] = _quats_of_matrices(self._rest_R[follow])
+        return R_new
+
+    def _adapt_gains(self, ks: np.ndarray, g_s: np.ndarray, v: np.ndarray) -> None:
+        """Accumulate omega_s ~ G v + b (v: the head's rate in the site frame, b: the gyro bias
+        relative to the reference's); refresh G^-1 and b."""
+        dt = 1.0 / self.rate_hz
+        va = np.concatenate([v, np.ones((len(ks), 1))], axis=1)
+        self._gain_vv[ks] += np.einsum("ni,nj->nij", va, va) * dt
+        self._gain_sv[ks] += np.einsum("ni,nj->nij", g_s, va) * dt
+        if self.frames_seen % 6:
+            return
+        X = self._gain_sv[ks] @ np.linalg.inv(self._gain_vv[ks])  # (n, 3, 4)
+        if self.settings.gyro_gain_symmetric:
+            # polar decomposition: keep the symmetric stretch, leave rotation to the orientation
+            U, S, Vt = np.linalg.svd(X[:, :, :3])
+            self._gain_inv[ks] = np.einsum("nji,nj,njk->nik", Vt, 1.0 / S, Vt)
+        else:
+            self._gain_inv[ks] = np.linalg.inv(X[:, :, :3])
+        self._gain_bias[ks] = X[:, :, 3]
+
+    def _adapt_arms(self, ks: np.ndarray, K: np.ndarray, diff: np.ndarray) -> None:
+        """Accumulate the normal equations of diff = K @ arm (+ facial acceleration, zero mean)."""
+        ktk = K.T @ K
+        if float(np.trace(ktk)) < 1.0:  # too little rotation to say anything about the arm
+            return
+        dt = 1.0 / self.rate_hz
+        self._arm_ktk[ks] += ktk * dt
+        self._arm_ktd[ks] += (K.T @ diff.T).T[:, :, None] * dt
+        self._arm_m[ks] = np.linalg.solve(self._arm_ktk[ks], self._arm_ktd[ks])[:, :, 0]
+
+    def _capture_rest(self, frame: Frame, t: float, ref_i: int, idx: np.ndarray, omega_r: np.ndarray,
+                      R_rel: np.ndarray, ks: np.ndarray, site_ok: np.ndarray) -> None:
+        """Collect the neutral rest from the first still window (see FeatureSettings)."""
+        s = self.settings
+        assert self._t_first_s is not None
+        searching = t - self._t_first_s < s.rest_search_s
+        still = float(np.linalg.norm(omega_r)) < s.still_rads
+        if not site_ok.all() or (searching and not still):
+            self._rest_frames, self._rest_gyro, self._rest_still = [], [], True
+            return
+        # the bias estimate needs a truly still window (a slow head turn is not a bias)
+        self._rest_still &= bool(np.abs(omega_r).max() < s.bias_still_rads)
+        self._rest_frames.append(R_rel.copy())
+        gyros = np.concatenate([frame.gyro_rads[ref_i][None], frame.gyro_rads[idx[ks]]])
+        self._rest_gyro.append(gyros)
+        if len(self._rest_frames) < max(1, round(s.rest_window_s * self.rate_hz)):
+            return
+        q_rest = np.array([_mean_quat([_quat_of_matrix(Rn[j]) for Rn in self._rest_frames])
+                           for j in range(len(self.face_sites))])
+        if s.gyro_bias_at_rest and self._rest_still:
+            bias = np.mean(self._rest_gyro, axis=0)
+            self._ref.bias_rads = self._ref.bias_rads + bias[0]
+            for j, st in enumerate(self._sites):
+                st.bias_rads = st.bias_rads + bias[1 + j]
+        self._q_rest = q_rest
+        self._rest_R = quat_to_matrix(q_rest)
+        self._rest_frames, self._rest_gyro = [], []
+
+    # -- introspection -------------------------------------------------------------------------
+
+    @property
+    def rest_quaternions(self) -> np.ndarray | None:
+        """(n_face, 4) R_rel at rest (w, x, y, z), None until known."""
+        return None if self._q_rest is None else self._q_rest.copy()
+
+    @property
+    def lever_arms_m(self) -> np.ndarray:
+        """(n_face, 3) current lever arms from the head reference, in its sensor frame."""
+        return self._arm_m.copy()
+
+    def spec(self) -> dict[str, Any]:
+        return feature_spec(self.layout, self.rate_hz, self.settings)
+
+
+def feature_spec(layout: LayoutLike, rate_hz: float = 60.0,
+                 settings: FeatureSettings | None = None) -> dict[str, Any]:
+    """The metadata a model records with its weights: enough to refuse features of another
+    definition, layout, site order or rate."""
+    s = settings if settings is not None else FeatureSettings()
+    sites = list(layout.face_sites)
+    return {
+        "feature_version": FEATURE_VERSION,
+        "layout": layout.name,
+        "head_reference": layout.head_reference,
+        "sites": sites,
+        "features_per_site": FEATURES_PER_SITE,
+        "names": list(FEATURE_NAMES),
+        "units": list(FEATURE_UNITS),
+        "columns": [f"{site}.{name}" for site in sites for name in FEATURE_NAMES],
+        "rate_hz": float(rate_hz),
+        "frames": {"rel_rot": "site rest frame", "rel_rate": "site frame",
+                   "lin_acc": "site rest frame"},
+        "settings": s.to_dict(),
+    }
+
+
+def features_of_block(block: FrameBlock | Iterable[Frame], layout: LayoutLike,
+                      calibration: CalibrationLike | None = None, rate_hz: float = 60.0,
+                      settings: FeatureSettings | None = None,
+                      extractor: FeatureExtractor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(T, n_face, 9) float32 features and (T, n_face) valid of consecutive frames: a loop over
+    ``FeatureExtractor.update`` (the same code path as runtime). Pass ``extractor`` to continue a
+    stream across blocks."""
+    ext = extractor if extractor is not None else FeatureExtractor(layout, calibration, rate_hz, settings)
+    frames = block.frames() if isinstance(block, FrameBlock) else block
+    feats: list[np.ndarray] = []
+    valid: list[np.ndarray] = []
+    for frame in frames:
+        f, v = ext.update(frame)
+        feats.append(f)
+        valid.append(v)
+    n = len(ext.face_sites)
+    if not feats:
+        return np.zeros((0, n, FEATURES_PER_SITE), dtype=np.float32), np.zeros((0, n), dtype=bool)
+    return np.stack(feats), np.stack(valid)

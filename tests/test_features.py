@@ -1,0 +1,325 @@
+"""Orientation wrapper and the head-motion-removed features (imusic.orientation, imusic.features).
+
+Synthetic rigid-body data (exact specific force and angular rate of IMUs on a moving head, made
+here), the real recordings of ../shared/data/real-imu for the orientation filter, and an emulated
+end-to-end check through the real firmware (imusic.sim.rig.record_scenario) for the issue's targets.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+from testenv import REAL_IMU
+
+from imusic.align import Frame, FrameBlock
+from imusic.errors import UserError
+from imusic.features import (
+    FEATURE_NAMES,
+    FEATURE_VERSION,
+    FEATURES_PER_SITE,
+    FeatureExtractor,
+    FeatureSettings,
+    feature_spec,
+    features_of_block,
+    nominal_R_head_sensor,
+)
+from imusic.orientation import OrientationFilter, OrientationSettings, orientation_of_arrays, quat_to_matrix
+from imusic.placement import load_layout
+
+RATE_HZ = 60.0
+G_WORLD = np.array([0.0, 0.0, 9.80665])  # specific force of a body at rest, world frame (z up)
+
+
+# --- a rigid head with IMUs, exact signals -------------------------------------------------------
+
+def _smoothstep(t: np.ndarray, t0: float, ramp_s: float = 2.0) -> np.ndarray:
+    x = np.clip((t - t0) / ramp_s, 0.0, 1.0)
+    return x * x * x * (10 - 15 * x + 6 * x * x)  # C2: the derivatives stay continuous
+
+
+def head_pose(t: np.ndarray, amp_rad=(0.3, 0.4, 0.8), freq_hz=(0.7, 1.1, 0.45), trans_m: float = 0.05,
+              still_s: float = 2.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """R_world_head (T, 3, 3), p_world_m (T, 3): still for ``still_s``, then sums of sines."""
+    rng = np.random.default_rng(seed)
+    ph = rng.uniform(0, 2 * np.pi, (3, 3))
+    env = _smoothstep(t, still_s)[:, None]
+    rv = np.stack([amp_rad[i] * (np.sin(2 * np.pi * freq_hz[i] * t + ph[0, i])
+                                 + 0.3 * np.sin(2 * np.pi * 2.3 * freq_hz[i] * t + ph[1, i])) for i in range(3)], -1)
+    p = np.stack([trans_m * np.sin(2 * np.pi * 0.5 * t + ph[2, i]) for i in range(3)], -1)
+    return Rotation.from_rotvec(rv * env).as_matrix(), p * env
+
+
+def site_signals(t, pos_H_m, R_H_S, site_rot=None, **pose_kw) -> tuple[np.ndarray, np.ndarray]:
+    """Specific force and angular rate in the sensor frame by central differences (h = 0.1 ms).
+    ``site_rot(t)`` -> (T, 3, 3): an extra rotation of the sensor relative to the head (in H)."""
+    h = 1e-4
+
+    def pose(tt):
+        R_wh, p = head_pose(tt, **pose_kw)
+        R_hs = R_H_S if site_rot is None else site_rot(tt) @ R_H_S
+        return R_wh @ R_hs, p + R_wh @ pos_H_m
+
+    R0, p0 = pose(t)
+    Rp, pp = pose(t + h)
+    Rm, pm = pose(t - h)
+    acc_w = (pp - 2 * p0 + pm) / h ** 2
+    f = np.einsum("tji,tj->ti", R0, acc_w + G_WORLD)
+    W = np.einsum("tji,tjk->tik", R0, (Rp - Rm) / (2 * h))  # R^T dR/dt = [omega]x
+    return f, np.stack([W[:, 2, 1], W[:, 0, 2], W[:, 1, 0]], -1)
+
+
+def rigid_block(layout, duration_s: float = 14.0, site_rot=None, noise: bool = False,
+                **pose_kw) -> FrameBlock:
+    t = np.arange(int(duration_s * RATE_HZ)) / RATE_HZ
+    n = len(layout.sites)
+    acc = np.zeros((len(t), n, 3))
+    gyr = np.zeros((len(t), n, 3))
+    rng = np.random.default_rng(1)
+    for i, name in enumerate(layout.sites):
+        site = layout.site(name)
+        rot = None if site_rot is None else site_rot.get(name)
+        f, w = site_signals(t, np.asarray(site.position_mm) * 1e-3, nominal_R_head_sensor(site.normal), rot,
+                            **pose_kw)
+        acc[:, i] = f + (0.009 * rng.standard_normal(f.shape) if noise else 0.0)  # ~QMI8658 white noise
+        gyr[:, i] = w + (0.0016 * rng.standard_normal(w.shape) if noise else 0.0)
+    return FrameBlock(t, acc, gyr, np.full_like(acc, np.nan), np.ones((len(t), n), bool),
+                      tuple(layout.sites), tuple(layout.imu(s).node_id for s in layout.sites))
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x))))
+
+
+@pytest.fixture(scope="module")
+def layout():
+    return load_layout("imusic")
+
+
+@pytest.fixture(scope="module")
+def moving(layout):
+    block = rigid_block(layout)
+    return block, *features_of_block(block, layout)
+
+
+# --- orientation on real data ---------------------------------------------------------------------
+
+def _inclination_diff_deg(qa: np.ndarray, qb: np.ndarray) -> np.ndarray:
+    za, zb = quat_to_matrix(qa)[:, 2, :], quat_to_matrix(qb)[:, 2, :]  # world up in sensor axes
+    return np.degrees(np.arccos(np.clip(np.einsum("ti,ti->t", za, zb), -1.0, 1.0)))
+
+
+def test_orientation_agrees_with_vqf_on_real_recordings():
+    vqf = pytest.importorskip("vqf", reason="vqf (dev-only cross-check) not installed")
+    npz, csv = REAL_IMU / "vqf-imu-data.npz", REAL_IMU / "xio-fusion-sensor-data.csv"
+    if not npz.exists() or not csv.exists():
+        pytest.skip(f"real IMU recordings absent from {REAL_IMU}")
+    d = np.load(npz)
+    runs = [(d["gyr"].astype(np.float64), d["acc"].astype(np.float64), float(d["sampling_rate"]))]
+    rows = np.loadtxt(csv, delimiter=",", skiprows=1)
+    runs.append((np.radians(rows[:, 1:4]), rows[:, 4:7] * 9.80665, 1.0 / float(np.median(np.diff(rows[:, 0])))))
+    for gyr, acc, rate in runs:
+        ours = orientation_of_arrays(gyr, acc, rate)
+        ref = vqf.offlineVQF(np.ascontiguousarray(gyr), np.ascontiguousarray(acc), None, 1.0 / rate, None)["quat6D"]
+        diff = _inclination_diff_deg(ours, ref)[int(3 * rate):]  # both past their start-up
+        assert np.percentile(diff, 95) < 2.5, np.percentile(diff, 95)
+        assert diff.max() < 8.0, diff.max()
+        # and the filter really moved: the recording's inclination changes by far more than that
+        tilt = _inclination_diff_deg(ref, np.repeat(ref[:1], len(ref), axis=0))
+        assert tilt.max() > 30.0
+
+
+def test_orientation_filter_units_and_convention():
+    filt = OrientationFilter(100.0, OrientationSettings(startup=False))  # start-up holds the heading
+    for _ in range(100):  # +z at 90 deg/s for 1 s, resting flat: yaw +90 deg about world z
+        q = filt.update(np.array([0.0, 0.0, math.pi / 2]), np.array([0.0, 0.0, 9.80665]))
+    R = quat_to_matrix(q)
+    assert np.allclose(R @ [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], atol=0.02)
+    filt.reset()
+    assert np.allclose(filt.quaternion(), [1.0, 0.0, 0.0, 0.0])
+
+
+# --- synthetic rigid-body features ----------------------------------------------------------------
+
+def test_rigid_head_gives_features_near_zero(layout, moving):
+    block, feats, valid = moving
+    assert feats.shape == (len(block), len(layout.face_sites), FEATURES_PER_SITE)
+    assert feats.dtype == np.float32
+    assert valid[int(2 * RATE_HZ):].all()  # rest captured in the still first second(s)
+    f = feats[valid]
+    assert _rms(f[:, 0:3]) < 0.003  # rad
+    assert _rms(f[:, 3:6]) < 0.01  # rad/s
+    assert _rms(f[:, 6:9]) < 0.05  # m/s^2
+    # what was removed is large: the raw gyros and accelerometers vary by far more
+    assert _rms(block.gyro_rads[:, 1:] - block.gyro_rads[:1, 1:]) > 0.5
+    assert _rms(block.accel_mps2[:, 1:] - block.accel_mps2[:1, 1:]) > 2.0
+
+
+def test_known_relative_rotation_is_recovered(layout):
+    site = layout.face_sites[3]
+    R_H_S = nominal_R_head_sensor(layout.site(site).normal)
+    axis_H = R_H_S @ np.array([0.6, 0.0, 0.8])  # a tilted axis in the sensor's rest frame
+
+    def angle(t):
+        return 0.15 * _smoothstep(t, 3.0, 1.0) * np.sin(2 * np.pi * 0.4 * t)
+
+    def rot(t):
+        return Rotation.from_rotvec(angle(t)[:, None] * axis_H).as_matrix()
+
+    block = rigid_block(layout, 12.0, site_rot={site: rot})
+    feats, valid = features_of_block(block, layout)
+    k = layout.face_sites.index(site)
+    expect = angle(block.t_host_s)[:, None] * np.array([0.6, 0.0, 0.8])
+    got = feats[:, k, 0:3]
+    ok = valid[:, k]
+    assert ok[int(3 * RATE_HZ):].all()
+    assert np.abs(expect[ok]).max() > 0.1
+    assert np.abs(got[ok] - expect[ok]).max() < 0.01
+    others = np.delete(feats, k, axis=1)[valid.all(axis=1)]
+    assert np.abs(others[:, :, 0:3]).max() < 0.02  # the rest of the face stays put
+
+
+def test_lever_arm_removal_during_fast_turns(layout):
+    # fast yaw/pitch turns: the far site (largest lever arm) sees large rigid-body accelerations
+    block = rigid_block(layout, 10.0, amp_rad=(0.3, 0.6, 1.2), freq_hz=(0.8, 1.2, 0.6), trans_m=0.0)
+    feats, valid = features_of_block(block, layout)
+    ref = layout.site(layout.head_reference)
+    far = max(layout.face_sites, key=lambda s: np.linalg.norm(layout.site(s).position_mm - ref.position_mm))
+    k, i, r = layout.face_sites.index(far), layout.sites.index(far), layout.sites.index(layout.head_reference)
+    # the uncorrected difference with the true relative rotation: gravity cancels, the arm does not
+    R_rel = nominal_R_head_sensor(ref.normal).T @ nominal_R_head_sensor(layout.site(far).normal)
+    raw = block.accel_mps2[:, i] @ R_rel.T - block.accel_mps2[:, r]
+    ok = valid[:, k]
+    assert _rms(raw[ok]) > 1.0
+    assert _rms(feats[ok, k, 6:9]) < 0.1 * _rms(raw[ok])
+
+
+def test_noisy_rigid_head_stays_within_noise(layout):
+    block = rigid_block(layout, 10.0, noise=True)
+    feats, valid = features_of_block(block, layout)
+    f = feats[valid]
+    assert _rms(f[:, 3:6]) < 4 * 0.0016  # a few times the gyro noise
+    assert _rms(f[:, 6:9]) < 6 * 0.009
+
+
+def test_invalid_imus_and_gaps(layout):
+    block = rigid_block(layout, 12.0)
+    valid_in = block.valid.copy()
+    acc = block.accel_mps2.copy()
+    gyr = block.gyro_rads.copy()
+    site = layout.face_sites[0]
+    i = layout.sites.index(site)
+    r = layout.sites.index(layout.head_reference)
+    short = slice(300, 305)  # 83 ms: bridged
+    long = slice(420, 480)  # 1 s: the site's filter restarts from the head's orientation
+    head_gap = slice(560, 565)
+    for sl, col in ((short, i), (long, i), (head_gap, r)):
+        valid_in[sl, col] = False
+        acc[sl, col] = np.nan
+        gyr[sl, col] = np.nan
+    gappy = FrameBlock(block.t_host_s, acc, gyr, block.mag_uT, valid_in, block.sites, block.node_ids)
+    feats, valid = features_of_block(gappy, layout)
+    k = layout.face_sites.index(site)
+    assert not valid[short, k].any() and not valid[long, k].any()
+    assert np.isnan(feats[short, k]).all()
+    assert not valid[head_gap].any()  # no head reference: no site has features
+    assert valid[head_gap.stop:, :].all()
+    assert valid[200:300].all()
+    after = feats[long.stop:, k][valid[long.stop:, k]]
+    assert _rms(after[:, 0:3]) < 0.01 and _rms(after[:, 6:9]) < 0.1
+
+
+def test_features_of_block_is_the_update_loop(layout, moving):
+    block, feats, valid = moving
+    ext = FeatureExtractor(layout)
+    looped = [ext.update(frame) for frame in block.frames()]
+    assert np.array_equal(np.stack([f for f, _ in looped]), feats, equal_nan=True)
+    assert np.array_equal(np.stack([v for _, v in looped]), valid)
+    # reset really forgets: a second pass over the same frames gives the same arrays
+    ext.reset()
+    again = np.stack([ext.update(frame)[0] for frame in block.frames()])
+    assert np.array_equal(again, feats, equal_nan=True)
+
+
+def test_version_and_spec(layout):
+    assert FEATURE_VERSION == 1 and FEATURES_PER_SITE == 9 == len(FEATURE_NAMES)
+    spec = feature_spec(layout, RATE_HZ)
+    assert spec["feature_version"] == FEATURE_VERSION
+    assert spec["layout"] == layout.name and spec["head_reference"] == layout.head_reference
+    assert spec["sites"] == list(layout.face_sites)
+    assert len(spec["columns"]) == 9 * len(layout.face_sites)
+    assert spec["columns"][0] == f"{layout.face_sites[0]}.rel_rot_x_rad"
+    assert spec["rate_hz"] == RATE_HZ and "orientation" in spec["settings"]
+    assert FeatureExtractor(layout).spec() == spec
+    assert feature_spec(layout, 100.0) != spec
+
+
+def test_frames_without_head_reference_are_refused(layout):
+    sites = tuple(s for s in layout.sites if s != layout.head_reference)
+    n = len(sites)
+    frame = Frame(0.0, np.zeros((n, 3)), np.zeros((n, 3)), np.zeros((n, 3)), np.ones(n, bool), sites,
+                  tuple(0 for _ in sites))
+    with pytest.raises(UserError, match=layout.head_reference):
+        FeatureExtractor(layout).update(frame)
+
+
+def test_calibrated_neutral_is_used_without_capture(layout):
+    """A calibration with a neutral pose: features are valid from the first frame (no capture)."""
+    from imusic.calibration import Calibration
+    from imusic.orientation import matrix_to_quat
+
+    cal = Calibration()
+    R_H_ref = nominal_R_head_sensor(layout.site(layout.head_reference).normal)
+    for s in layout.face_sites:
+        q = matrix_to_quat(R_H_ref.T @ nominal_R_head_sensor(layout.site(s).normal))
+        cal.set_neutral(s, q, head_reference=layout.head_reference, source="test", seconds=1.0)
+    block = rigid_block(layout, 6.0)
+    feats, valid = features_of_block(block, layout, cal)
+    assert valid.all()
+    assert _rms(feats[:, :, 0:3]) < 0.003
+    other = Calibration()
+    other.set_neutral(layout.face_sites[0], np.array([1.0, 0, 0, 0]), head_reference=layout.face_sites[1],
+                      source="test", seconds=1.0)
+    with pytest.raises(UserError, match="neutral"):
+        FeatureExtractor(layout, other)
+
+
+# --- emulated end to end: the real firmware through the simulator, known truth ------------------
+
+def _bench():
+    import importlib.util
+
+    from testenv import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_features", REPO / "bench" / "bench_features.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_emulated_head_motion_removal(micropython, tmp_path, layout):
+    """Neutral and neutral-through-head-motion takes and an expressive walk of one rig, with its
+    emulated calibration (gyro, accel, neutral). The issue's targets are not met yet (docs/features.md
+    and bench/bench_features.py give the figures and the cause): this guards what the removal
+    achieves now, far below the raw signals, so a regression shows."""
+    bf = _bench()
+    seed = 3
+    takes = {sc: bf.record(sc, seed, 20.0, tmp_path) for sc in ("neutral", "neutral_head_motion", "expressions_walk")}
+    cal = bf.rig_calibration(seed, tmp_path)
+
+    corr = bf.correlation_stats(takes["expressions_walk"], layout, cal)
+    assert corr["before_p95"] > 0.9  # raw face IMU signals are mostly head motion
+    assert corr["after_p95"] < corr["before_p95"] - 0.15
+    rest = bf.group_rms(takes["neutral"], layout, cal)
+    moving = bf.group_rms(takes["neutral_head_motion"], layout, cal)
+    ratios = {g: moving[g] / rest[g] for g in rest}
+    assert ratios["rel_rot"] < 4.0 and ratios["lin_acc"] < 6.0 and ratios["rel_rate"] < 12.0, ratios
+    # the same take without removal: the face IMUs' gyros move ~100x more than at rest
+    face = [layout.sites.index(s) for s in layout.face_sites]
+    raw_rest = bf.load_block(takes["neutral"]).gyro_rads[:, face]
+    raw_moving = bf.load_block(takes["neutral_head_motion"]).gyro_rads[:, face]
+    assert np.nanstd(raw_moving) > 30 * np.nanstd(raw_rest)
+    assert moving["rel_rate"] < 0.1 * float(np.nanstd(raw_moving))
