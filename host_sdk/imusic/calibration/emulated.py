@@ -309,10 +309,26 @@ def emulated_calibration(*, layout: str = "imusic", seed: int = 1, steps: Sequen
     return {"layout": lay.name, "seed": seed, "steps": todo, "results": results}
 
 
+def _headline(values: dict[str, Any]) -> str:
+    """The first figure of an estimate or truth dict, short: ``bias_dps [-0.369 0.969 0.595]``."""
+    if not values:
+        return "-"
+    key, value = next(iter(values.items()))
+    if isinstance(value, (list, tuple)) and value and not isinstance(value[0], (list, tuple)):
+        text = "[" + " ".join(f"{float(v):.3f}" for v in value) + "]"
+    elif isinstance(value, (int, float)):
+        text = f"{float(value):.3f}"
+    else:
+        text = "(matrix)"
+    return f"{key} {text}"
+
+
 def format_table(report: dict[str, Any]) -> list[str]:
+    """The report as text: per step and IMU the estimate beside the simulator's truth and the residual."""
     lines = [f"emulated calibration: layout {report['layout']}, seed {report['seed']}",
-             f"{'step':8} {'imu':44} {'residual':>10} {'target':>8} {'unit':6} ok"]
+             f"{'step':8} {'imu':38} {'residual':>9} {'target':>7} {'unit':6} {'ok':3}  estimate | truth"]
     for r in report["results"]:
-        lines.append(f"{r['step']:8} {str(r['imu'])[:44]:44} {r['residual']:10.4f} {r['target']:8g} {r['unit']:6} "
-                     f"{'yes' if r['ok'] else 'NO'}")
+        lines.append(f"{r['step']:8} {str(r['imu'])[:38]:38} {r['residual']:9.4f} {r['target']:7g} {r['unit']:6} "
+                     f"{'yes' if r['ok'] else 'NO':3}  {_headline(r.get('estimate') or {})} | "
+                     f"{_headline(r.get('truth') or {})}")
     return lines

@@ -557,3 +557,75 @@ def relative_gyro_gain(ref_gyro: np.ndarray, gyro: np.ndarray, R_site_ref: np.nd
     after = (sg - offset) @ matrix.T - rg @ R_site_ref.T
     rms = lambda v: float(np.sqrt(np.mean(np.sum(v * v, axis=1)))) / DEG  # noqa: E731
     return GyroGainFit(matrix, offset, int(len(rg)), rms(before), rms(after), mismatch)
+
+
+@dataclass(frozen=True)
+class AccelAlignFit:
+    rotation: np.ndarray  # (3, 3): accel_aligned = rotation @ accel, in the sensor's own axes
+    lever_arm_m: np.ndarray  # (3,): from the reference to this sensor, in the reference's axes (fitted alongside)
+    frames: int  # frames used
+    angle_deg: float  # size of the rotation
+    rms_before_mps2: float  # rms of |R_ref_sensor f - f_ref - K l| over those frames, before and after
+    rms_after_mps2: float
+
+
+def relative_accel_alignment(ref_accel: np.ndarray, ref_gyro: np.ndarray, accel: np.ndarray,
+                             R_ref_sensor: np.ndarray, rate_hz: float, *, who: str = "", step: str = "neutral",
+                             max_deg: float = 5.0) -> AccelAlignFit:
+    """The rotation that makes a face site's accelerometer agree with the head reference's under the
+    rest pose ``R_ref_sensor`` (which its gyro already agrees with, see ``relative_gyro_gain``).
+
+    A chip's accelerometer and gyroscope axes differ by a small rotation (the antisymmetric part of
+    their independent cross-axis errors, about a degree for 1 % parts) that the six-pose fit cannot
+    see. Two orientation filters then disagree: each takes its tilt from its accelerometer and its
+    turning from its gyro, so their relative orientation wanders by that degree as the head tilts
+    and turns, and the head's rate leaks into relative rates. On a neutral face both sensors are on
+    one rigid body: ``R_ref_sensor C f = f_ref + K l`` with ``K = [alpha]x + [omega]x^2`` of the
+    reference's gyro and ``l`` the lever arm. ``C = exp([delta]x)`` and ``l`` by linearised least
+    squares (two Gauss-Newton passes), ridge-pulled towards zero in directions the capture did not
+    excite (a head that never tilts leaves the rotation about gravity open; it then does not
+    matter either). Calibrated inputs expected, frames on a uniform ``rate_hz`` grid."""
+    from scipy.spatial.transform import Rotation
+
+    ok = _finite_rows(ref_accel, ref_gyro, accel)
+    if ok.mean() < 0.5:
+        raise CalibrationError(step, who, f"missing: only {int(ok.sum())} valid frames of {len(ok)}")
+    # angular acceleration by central differences; a frame next to a gap has none
+    alpha = np.full_like(ref_gyro, np.nan)
+    alpha[1:-1] = (ref_gyro[2:] - ref_gyro[:-2]) * (0.5 * rate_hz)
+    use = ok & np.isfinite(alpha).all(axis=1)
+    fr, fs, w, al = ref_accel[use], accel[use], ref_gyro[use], alpha[use]
+    n = len(fr)
+    if n < 30:
+        raise CalibrationError(step, who, f"missing: only {n} usable frames")
+
+    def skew(v: np.ndarray) -> np.ndarray:  # (n, 3) -> (n, 3, 3)
+        z = np.zeros(len(v))
+        return np.stack([np.stack([z, -v[:, 2], v[:, 1]], -1), np.stack([v[:, 2], z, -v[:, 0]], -1),
+                         np.stack([-v[:, 1], v[:, 0], z], -1)], axis=1)
+
+    wx = skew(w)
+    K = skew(al) + wx @ wx
+    C = np.eye(3)
+    before = after = 0.0
+    for _ in range(2):
+        fc = fs @ C.T
+        y = fc @ R_ref_sensor.T - fr  # (n, 3): what the rigid-body model leaves
+        # R exp([d]x) fc - f_ref - K l ~ y - R [fc]x d - K l: residual y + J x with x = (d, l)
+        J = -np.concatenate([np.einsum("ij,njk->nik", R_ref_sensor, skew(fc)), K], axis=2)
+        A = np.einsum("nji,njk->ik", J, J)
+        b = -np.einsum("nji,nj->i", J, y)
+        ridge = 1e-3 * float(np.trace(A)) / 6.0
+        x = np.linalg.solve(A + ridge * np.eye(6), b)
+        if _ == 0:
+            lever0 = x[3:]
+            before = float(np.sqrt(np.mean(np.sum((y + np.einsum("nij,j->ni", -K, lever0)) ** 2, axis=1))))
+        C = Rotation.from_rotvec(x[:3]).as_matrix() @ C
+        lever = x[3:]
+        resid = y + np.einsum("nij,j->ni", J, x)
+        after = float(np.sqrt(np.mean(np.sum(resid ** 2, axis=1))))
+    angle = float(np.degrees(np.linalg.norm(Rotation.from_matrix(C).as_rotvec())))
+    if angle > max_deg:
+        raise CalibrationError(step, who, f"its accelerometer disagrees with the head reference's by {angle:.1f} deg "
+                                          "beyond the rest pose: was the face neutral and the IMU firmly stuck?")
+    return AccelAlignFit(C, lever, n, angle, before, after)

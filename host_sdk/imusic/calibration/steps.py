@@ -22,7 +22,8 @@ import numpy as np
 from imusic.align import Frame, FrameBlock
 from imusic.calibration.estimators import (
     DEG, STANDARD_GRAVITY, CalibrationError, accel_fit, accel_refine_rotating, gyro_bias, mag_fit, matrix_to_quat,
-    neutral_rotation, relative_gyro_gain, saturation_check, static_segments, still_thresholds,
+    neutral_rotation, relative_accel_alignment, relative_gyro_gain, saturation_check, static_segments,
+    still_thresholds,
 )
 from imusic.calibration.model import Calibration, ImuIdentity, chip_name, identity_of
 from imusic.errors import UserError
@@ -318,15 +319,22 @@ def _neutral(capture: Capture, cal: Calibration, head_reference: str | None
         # the gyro's gain against the head reference's, made consistent with that pose: the corrected
         # site gyro reads the reference's rates turned by exactly the stored rest orientation
         gain = relative_gyro_gain(ref_g, site_g, fit.R_ref_sensor.T, who=who)
+        # the accelerometer made to agree with that pose too (its axes differ from the gyro's by the
+        # cross-axis errors): both orientation filters then see one rigid body
+        align = relative_accel_alignment(ref_a, ref_g, site_a, fit.R_ref_sensor, float(capture.rate_hz), who=who)
         q = matrix_to_quat(fit.R_ref_sensor)
         # the capture was corrected by the old one: g1 = M_old (raw - b) - d_old; new g2 = C (g1 - c)
         old_matrix, old_offset = cal.gyro_gain(ident.key)
         total_gain = gain.matrix @ old_matrix
         total_offset = gain.matrix @ (old_offset + gain.offset_rads)
+        old_accel = cal.step(ident.key, "accel")
         rows.append({"step": step, "imu": who, "site": ident.site, "node_id": hello.node_id,
                      "estimate": {"q_ref_sensor": q.tolist(), "turning_frames": fit.rate_frames,
                                   "horizontal_rate_dps": fit.horizontal_rate_dps,
                                   "gyro_gain_mismatch": gain.gain_mismatch,
+                                  "accel_alignment_deg": align.angle_deg,
+                                  "rigid_body_rms_mps2": {"before": align.rms_before_mps2,
+                                                          "after": align.rms_after_mps2},
                                   "relative_rate_rms_dps": {"before": gain.rms_before_dps,
                                                             "after": gain.rms_after_dps}}})
         commits.append(lambda site=ident.site, q=q, fit=fit: cal.set_neutral(
@@ -335,5 +343,18 @@ def _neutral(capture: Capture, cal: Calibration, head_reference: str | None
         commits.append(lambda ident=ident, m=total_gain, d=total_offset, g=gain: cal.set_gyro_gain(
             ident, m, d, relative_to=head_reference, source=source, seconds=seconds, turning_frames=g.frames,
             relative_rate_rms_dps=[round(g.rms_before_dps, 4), round(g.rms_after_dps, 4)]))
+        if old_accel is not None:
+            # the rotation joins the accel step's matrix (a six-pose fit is blind to it; norms unchanged),
+            # so every consumer of calibrated frames sees it; running the accel step again drops it
+            made = {k: v for k, v in old_accel.get("made", {}).items() if k not in ("unix_s", "utc")}
+            prior = made.pop("aligned_by_neutral", None) or {}
+            made["aligned_by_neutral"] = {"source": source, "angle_deg": round(align.angle_deg, 4),
+                                          "total_deg": round(float(prior.get("total_deg", 0.0)) + align.angle_deg, 4)}
+            kwargs: dict[str, Any] = {"residual_mg": old_accel["residual_mg"], "poses": int(made.pop("poses", 0)),
+                                      "source": str(made.pop("source", source)),
+                                      "seconds": float(made.pop("seconds", 0.0)),
+                                      "method": str(made.pop("method", "six-pose")), **made}
+            commits.append(lambda ident=ident, e=old_accel, r=align.rotation, kw=kwargs: cal.set_accel(
+                ident, np.asarray(e["offset_mps2"]), r @ np.asarray(e["matrix"]), **kw))
     return rows, commits
 
