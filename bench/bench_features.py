@@ -91,6 +91,64 @@ def max_abs_corr(x: np.ndarray, ok: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
+def chance_corr(x: np.ndarray, ok: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``max_abs_corr`` with the head channels circularly shifted by 1/4, 1/2 and 3/4 of the take
+    (mean over the three): what the statistic gives for signals unrelated to this take's head
+    motion but with the same spectra, i.e. its chance level at this take length."""
+    n = len(y)
+    return np.mean([max_abs_corr(x, ok, np.roll(y, int(n * f), axis=0)) for f in (0.25, 0.5, 0.75)], axis=0)
+
+
+def variance_explained(x: np.ndarray, ok: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per column of x: R^2 of a least-squares fit on all head channels (and a constant): the
+    fraction of the channel's variance that head motion explains linearly."""
+    out = np.zeros(x.shape[1])
+    for j in range(x.shape[1]):
+        rows = ok[:, j] & np.isfinite(x[:, j]) & np.isfinite(y).all(axis=1)
+        if rows.sum() < 10:
+            continue
+        a = np.column_stack([y[rows], np.ones(int(rows.sum()))])
+        xj = x[rows, j]
+        coef, *_ = np.linalg.lstsq(a, xj, rcond=None)
+        var = float(np.var(xj))
+        out[j] = 1.0 - float(np.var(xj - a @ coef)) / var if var > 0 else 0.0
+    return out
+
+
+def true_relative_motion(take: Path, layout: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Perfect head-motion removal from the simulator's truth: per face site, the rotation vector
+    of its orientation relative to the head reference IMU (from the take's mean) and its angular
+    rate relative to it, in its own axes, at its samples (the reference's true orientation and rate
+    interpolated to those times); with the head channels at the same times.
+    (T, n_face * 6) values, valid mask, and (T, n_face, 9) head channels."""
+    from scipy.spatial.transform import Rotation, Slerp
+
+    truth = np.load(take / "truth.npz")
+    sites = [str(s) for s in truth["sites"]]
+    r = sites.index(layout.head_reference)
+    t_r = truth["sample_t_s"][:, r]
+    q_r = Rotation.from_quat(truth["q_world_sensor"][:, r][:, [1, 2, 3, 0]])
+    slerp = Slerp(t_r, q_r)
+    cols, heads = [], []
+    for name in layout.face_sites:
+        i = sites.index(name)
+        t = truth["sample_t_s"][:, i]
+        keep = (t >= max(t_r[0], truth["t_s"][0])) & (t <= min(t_r[-1], truth["t_s"][-1]))
+        tk = t[keep]
+        head = np.full((len(t), 9), np.nan)
+        head[keep] = head_motion(take, tk)
+        w_r = np.stack([np.interp(tk, t_r, truth["true_gyro_rads"][:, r, a]) for a in range(3)], axis=1)
+        rel = slerp(tk).inv() * Rotation.from_quat(truth["q_world_sensor"][keep, i][:, [1, 2, 3, 0]])
+        x = np.full((len(t), 6), np.nan)
+        x[keep, 0:3] = (rel.mean().inv() * rel).as_rotvec()
+        x[keep, 3:6] = truth["true_gyro_rads"][keep, i] - rel.inv().apply(w_r)  # the Earth's rate cancels too
+        cols.append(x)
+        heads.append(head)
+    n = min(len(c) for c in cols)
+    x = np.concatenate([c[:n] for c in cols], axis=1)
+    return x, np.isfinite(x), np.stack([h[:n] for h in heads], axis=1)
+
+
 def feature_matrix(feats: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     t, n, k = feats.shape
     return feats.reshape(t, n * k).astype(np.float64), np.repeat(valid, k, axis=1)
@@ -107,10 +165,25 @@ def correlation_stats(take: Path, layout: Layout, calibration: Any = None) -> di
     block = load_block(take)
     feats, valid = features_of_block(block, layout, calibration)
     head = head_motion(take, block.t_host_s)
-    after = max_abs_corr(*feature_matrix(feats, valid), head)
+    x, ok = feature_matrix(feats, valid)
+    after = max_abs_corr(x, ok, head)
     before = max_abs_corr(*raw_matrix(block, layout), head)
+    chance = chance_corr(x, ok, head)
+    r2 = variance_explained(x, ok, head)
     return {"after_max": float(after.max()), "after_p95": float(np.percentile(after, 95)),
-            "before_max": float(before.max()), "before_p95": float(np.percentile(before, 95))}
+            "before_max": float(before.max()), "before_p95": float(np.percentile(before, 95)),
+            "chance_max": float(chance.max()), "chance_p95": float(np.percentile(chance, 95)),
+            "r2_max": float(r2.max()), "r2_p95": float(np.percentile(r2, 95)),
+            "above_chance": float(np.max(after - chance))}
+
+
+def truth_floor(take: Path, layout: Layout) -> dict[str, float]:
+    """``correlation_stats``'s statistic for perfect removal (rel_rot and rel_rate from the truth;
+    per site the head channels at that site's sample times)."""
+    x, ok, heads = true_relative_motion(take, layout)
+    r = np.concatenate([max_abs_corr(x[:, 6 * k:6 * k + 6], ok[:, 6 * k:6 * k + 6], heads[:, k])
+                        for k in range(heads.shape[1])])
+    return {"max": float(r.max()), "p95": float(np.percentile(r, 95))}
 
 
 def group_rms(take: Path, layout: Layout, calibration: Any = None) -> dict[str, float]:
@@ -195,13 +268,21 @@ def main() -> int:
             cals.append(("calibrated", rig_calibration(args.seed, root)))
         print(f"imusic layout ({len(layout.face_sites)} face sites + {layout.head_reference}), rig seed "
               f"{args.seed}, {args.seconds:.0f} s takes through the emulated firmware, {RATE_HZ:.0f} Hz frames\n")
-        print("(a) max |Pearson r| of a channel with head motion (rate, linear acceleration, gravity in H)")
-        print(f"{'take':22} {'calibration':13} {'raw max':>8} {'raw p95':>8} {'feat max':>9} {'feat p95':>9}")
+        print("(a) max |Pearson r| of a channel with head motion (rate, linear acceleration, gravity in H);")
+        print("    chance: the same with the head channels shifted in time (unrelated, same spectra);")
+        print("    R2: fraction of a channel's variance explained by all nine head channels (max, p95)")
+        print(f"{'take':22} {'calibration':13} {'raw max':>8} {'raw p95':>8} {'feat max':>9} {'feat p95':>9} "
+              f"{'chance max':>11} {'chance p95':>11} {'R2 max':>7} {'R2 p95':>7}")
         for sc in ("expressions_walk", "expressions", "neutral_head_motion"):
             for name, cal in cals:
                 s = correlation_stats(takes[sc], layout, cal)
                 print(f"{sc:22} {name:13} {s['before_max']:8.3f} {s['before_p95']:8.3f} "
-                      f"{s['after_max']:9.3f} {s['after_p95']:9.3f}")
+                      f"{s['after_max']:9.3f} {s['after_p95']:9.3f} {s['chance_max']:11.3f} {s['chance_p95']:11.3f} "
+                      f"{s['r2_max']:7.3f} {s['r2_p95']:7.3f}")
+        print("\n(a') the same statistic for perfect removal: rel_rot and rel_rate from the simulator's truth")
+        for sc in ("expressions_walk", "expressions"):  # a neutral face has no signal to correlate
+            fl = truth_floor(takes[sc], layout)
+            print(f"{sc:22} truth max {fl['max']:.3f} p95 {fl['p95']:.3f}")
         print("\n(b) neutral face: feature RMS per group, head still vs head turning and walking")
         print(f"{'group':9} {'calibration':13} {'rest':>10} {'head motion':>12} {'ratio':>6}  unit")
         units = {"rel_rot": "rad", "rel_rate": "rad/s", "lin_acc": "m/s^2"}

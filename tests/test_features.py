@@ -302,9 +302,11 @@ def _bench():
 
 def test_emulated_head_motion_removal(micropython, tmp_path, layout):
     """Neutral and neutral-through-head-motion takes and an expressive walk of one rig, with its
-    emulated calibration (gyro, accel, neutral). The issue's targets are not met yet (docs/features.md
-    and bench/bench_features.py give the figures and the cause): this guards what the removal
-    achieves now, far below the raw signals, so a regression shows."""
+    emulated calibration (gyro, accel, neutral). A neutral face through +-90 degree turns and a walk
+    gives features within the sensor noise of rest (the issue's target, stated as an RMS ratio,
+    docs/features.md); without the calibration's neutral step the same takes leak far above it. The
+    correlation target is not met (its chance level at this take length is above 0.1): guarded
+    against the raw signals."""
     bf = _bench()
     seed = 3
     takes = {sc: bf.record(sc, seed, 20.0, tmp_path) for sc in ("neutral", "neutral_head_motion", "expressions_walk")}
@@ -312,14 +314,61 @@ def test_emulated_head_motion_removal(micropython, tmp_path, layout):
 
     corr = bf.correlation_stats(takes["expressions_walk"], layout, cal)
     assert corr["before_p95"] > 0.9  # raw face IMU signals are mostly head motion
-    assert corr["after_p95"] < corr["before_p95"] - 0.15
+    assert corr["after_p95"] < corr["before_p95"] - 0.3
     rest = bf.group_rms(takes["neutral"], layout, cal)
     moving = bf.group_rms(takes["neutral_head_motion"], layout, cal)
     ratios = {g: moving[g] / rest[g] for g in rest}
-    assert ratios["rel_rot"] < 4.0 and ratios["lin_acc"] < 6.0 and ratios["rel_rate"] < 12.0, ratios
+    assert max(ratios.values()) < 1.4, ratios  # measured 0.9-1.04
+    assert rest["rel_rate"] < 2 * 0.0023  # rest itself is at the two gyros' noise
+    # uncalibrated (the extractor's own rest and bias only): the gyro gain and accelerometer rotation
+    # errors leak head motion far above the noise
+    raw_rest = bf.group_rms(takes["neutral"], layout)
+    raw_moving = bf.group_rms(takes["neutral_head_motion"], layout)
+    assert raw_moving["rel_rate"] / raw_rest["rel_rate"] > 3 * ratios["rel_rate"]
     # the same take without removal: the face IMUs' gyros move ~100x more than at rest
     face = [layout.sites.index(s) for s in layout.face_sites]
-    raw_rest = bf.load_block(takes["neutral"]).gyro_rads[:, face]
-    raw_moving = bf.load_block(takes["neutral_head_motion"]).gyro_rads[:, face]
-    assert np.nanstd(raw_moving) > 30 * np.nanstd(raw_rest)
-    assert moving["rel_rate"] < 0.1 * float(np.nanstd(raw_moving))
+    gyro_rest = bf.load_block(takes["neutral"]).gyro_rads[:, face]
+    gyro_moving = bf.load_block(takes["neutral_head_motion"]).gyro_rads[:, face]
+    assert np.nanstd(gyro_moving) > 30 * np.nanstd(gyro_rest)
+    assert moving["rel_rate"] < 0.01 * float(np.nanstd(gyro_moving))
+
+
+def test_accel_alignment_to_the_gyro_frame():
+    """The neutral step's accelerometer rotation (imusic.calibration.estimators): a face site on a
+    rigid head whose accelerometer is turned 1 degree from the axes its gyro agrees with, with a
+    lever arm, head turns and translation: the rotation is recovered and the rigid-body residual
+    falls to the noise."""
+    from scipy.spatial.transform import Rotation
+
+    from imusic.calibration.estimators import relative_accel_alignment
+
+    rng = np.random.default_rng(5)
+    rate = 60.0
+    t = np.arange(0, 40, 1 / rate)
+    # head rotation: turns and nods (smooth), and a translation bob
+    rv = np.stack([0.3 * np.sin(2 * np.pi * 0.3 * t), 0.4 * np.sin(2 * np.pi * 0.2 * t + 1),
+                   1.2 * np.sin(2 * np.pi * 0.15 * t)], axis=1)
+    R_wr = Rotation.from_rotvec(rv)
+    q = R_wr.as_quat()
+    dq = np.gradient(q, 1 / rate, axis=0)
+    # body rate from the quaternion derivative: omega = 2 * conj(q) * dq (vector part), scipy x,y,z,w
+    w_, v_ = q[:, 3], q[:, :3]
+    dw, dv = dq[:, 3], dq[:, :3]
+    omega = 2 * (w_[:, None] * dv - dw[:, None] * v_ - np.cross(v_, dv))
+    alpha = np.gradient(omega, 1 / rate, axis=0)
+    acc_w = np.stack([0.5 * np.sin(2 * np.pi * 1.8 * t), 0.2 * np.cos(2 * np.pi * 0.9 * t),
+                      1.0 * np.sin(2 * np.pi * 1.8 * t + 0.5)], axis=1)
+    f_r = R_wr.inv().apply(acc_w + [0.0, 0.0, 9.80665])
+    lever = np.array([0.06, 0.04, -0.05])
+    f_r_at_site = f_r + np.cross(alpha, lever) + np.cross(omega, np.cross(omega, lever))
+    R_ref_site = Rotation.from_rotvec([0.3, -0.5, 1.0]).as_matrix()
+    true_fix = Rotation.from_rotvec(np.radians([0.8, -0.6, 0.3])).as_matrix()
+    f_s = (f_r_at_site @ R_ref_site) @ true_fix  # site axes, turned by true_fix^T
+    noise = 0.01
+    fit = relative_accel_alignment(f_r + rng.normal(0, noise, f_r.shape), omega, f_s + rng.normal(0, noise, f_s.shape),
+                                   R_ref_site, rate)
+    err = np.degrees(np.linalg.norm(Rotation.from_matrix(fit.rotation.T @ true_fix).as_rotvec()))
+    assert err < 0.1, err  # of a 1 degree rotation
+    assert np.allclose(fit.lever_arm_m, lever, atol=0.01)
+    assert fit.rms_before_mps2 > 5 * fit.rms_after_mps2
+    assert fit.rms_after_mps2 < 3 * noise

@@ -113,16 +113,11 @@ class FeatureSettings:
         ``align_prior`` (rad/s)^2 s). Accelerometers cannot see the relative heading; this can.
         While less than ``align_settle`` (rad/s)^2 s of head rotation has been seen, a captured
         rest follows the correction (its heading came from the nominal mounting).
-    gyro_gain_adapt: (off by default: facial rotation corrupts the regression online; meant for
-        data with the face known neutral, docs/features.md)
-        estimate each site gyro's scale and cross-axis error relative to the head
-        reference's (the calibration has no gyro-scale step; 1 % of a 3 rad/s head turn is ten
-        times the gyro noise): the 3x3 ``G`` with ``omega_s ~ G R_rel^T omega_r`` by
-        least squares over the whole take (prior ``G = I`` of weight ``gyro_gain_prior``
-        (rad/s)^2 s), with a constant term for the gyro bias relative to the reference's; the
-        site's gyro is corrected by both before everything else. ``gyro_gain_symmetric`` keeps
-        only G's symmetric stretch (measured worse: the antisymmetric part of the cross-axis
-        error is a gyro-to-accelerometer misalignment the filters cannot see).
+
+    The gyro's gain and cross-axis error relative to the head reference's, and the accelerometer's
+    rotation relative to its gyro, are the calibration's neutral step (docs/calibration.md): with
+    them, a neutral face gives features at the sensor noise through head motion. (An online gain
+    estimate that used to be here, ``gyro_gain_adapt``, is gone: facial rotation corrupted it.)
     """
 
     orientation: OrientationSettings = field(default_factory=lambda: OrientationSettings(startup=False))
@@ -139,9 +134,6 @@ class FeatureSettings:
     align_tau_s: float = 10.0
     align_prior: float = 1.0
     align_settle: float = 30.0
-    gyro_gain_adapt: bool = False
-    gyro_gain_prior: float = 5.0
-    gyro_gain_symmetric: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"orientation": self.orientation.to_dict(), "max_gap_s": self.max_gap_s,
@@ -152,8 +144,7 @@ class FeatureSettings:
                 "lever_arm_prior_weight": self.lever_arm_prior_weight,
                 "lever_arm_to_filter": self.lever_arm_to_filter, "align_relative": self.align_relative,
                 "align_tau_s": self.align_tau_s, "align_prior": self.align_prior,
-                "align_settle": self.align_settle, "gyro_gain_adapt": self.gyro_gain_adapt,
-                "gyro_gain_prior": self.gyro_gain_prior, "gyro_gain_symmetric": self.gyro_gain_symmetric}
+                "align_settle": self.align_settle}
 
 
 def nominal_R_head_sensor(normal: np.ndarray) -> np.ndarray:
@@ -310,11 +301,6 @@ class FeatureExtractor:
         self._arm_ktk = np.repeat(np.eye(3)[None] * w, n, axis=0)
         self._arm_ktd = self._arm_prior_m[:, :, None] * w
         self._align_H = np.zeros((n, 3, 3))
-        lam = self.settings.gyro_gain_prior
-        self._gain_vv = np.repeat(np.eye(4)[None] * lam, n, axis=0)  # [v, 1] [v, 1]^T
-        self._gain_sv = np.repeat(np.eye(3, 4)[None] * lam, n, axis=0)  # omega_s [v, 1]^T
-        self._gain_bias = np.zeros((n, 3))
-        self._gain_inv = np.repeat(np.eye(3)[None], n, axis=0)
         self._align_seen = np.zeros(n)
         self._rest_follows = self._neutral is None
         self.frames_seen = 0
@@ -424,11 +410,7 @@ class FeatureExtractor:
             i = int(idx[k])
             if not self._usable(frame, i):
                 continue
-            gyro = frame.gyro_rads[i]
-            if self.settings.gyro_gain_adapt:  # the site's gyro in the reference gyro's units
-                b = self._sites[k].bias_rads
-                gyro = self._gain_inv[k] @ (gyro - b - self._gain_bias[k]) + b
-            self._step(self._sites[k], t, gyro, frame.accel_mps2[i] - shift[k], mag[i], q_ref, k)
+            self._step(self._sites[k], t, frame.gyro_rads[i], frame.accel_mps2[i] - shift[k], mag[i], q_ref, k)
             site_ok[k] = True
         if not site_ok.any():
             return out, valid
@@ -446,9 +428,6 @@ class FeatureExtractor:
             if self._rest_R is None:
                 return out, valid
         g_s = frame.gyro_rads[idx[ks]] - np.array([self._sites[k].bias_rads for k in ks])
-        if self.settings.gyro_gain_adapt:
-            self._adapt_gains(ks, g_s, np.einsum("nji,j->ni", R_rel, omega_r))
-            g_s = np.einsum("nij,nj->ni", self._gain_inv[ks], g_s - self._gain_bias[ks])
         if self.settings.align_relative:
             R_rel = self._align(ks, omega_r, g_s, R_rel, q_ref)
         assert self._rest_R is not None
@@ -503,24 +482,6 @@ class FeatureExtractor:
                 assert self._q_rest is not None
                 self._q_rest[follow] = _quats_of_matrices(self._rest_R[follow])
         return R_new
-
-    def _adapt_gains(self, ks: np.ndarray, g_s: np.ndarray, v: np.ndarray) -> None:
-        """Accumulate omega_s ~ G v + b (v: the head's rate in the site frame, b: the gyro bias
-        relative to the reference's); refresh G^-1 and b."""
-        dt = 1.0 / self.rate_hz
-        va = np.concatenate([v, np.ones((len(ks), 1))], axis=1)
-        self._gain_vv[ks] += np.einsum("ni,nj->nij", va, va) * dt
-        self._gain_sv[ks] += np.einsum("ni,nj->nij", g_s, va) * dt
-        if self.frames_seen % 6:
-            return
-        X = self._gain_sv[ks] @ np.linalg.inv(self._gain_vv[ks])  # (n, 3, 4)
-        if self.settings.gyro_gain_symmetric:
-            # polar decomposition: keep the symmetric stretch, leave rotation to the orientation
-            U, S, Vt = np.linalg.svd(X[:, :, :3])
-            self._gain_inv[ks] = np.einsum("nji,nj,njk->nik", Vt, 1.0 / S, Vt)
-        else:
-            self._gain_inv[ks] = np.linalg.inv(X[:, :, :3])
-        self._gain_bias[ks] = X[:, :, 3]
 
     def _adapt_arms(self, ks: np.ndarray, K: np.ndarray, diff: np.ndarray) -> None:
         """Accumulate the normal equations of diff = K @ arm (+ facial acceleration, zero mean)."""

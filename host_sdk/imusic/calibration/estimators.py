@@ -23,7 +23,7 @@ from imusic.errors import UserError
 __all__ = [
     "AccelFit", "CalibrationError", "GyroBias", "MagFit", "NoiseModel", "NOISE_MODELS", "STANDARD_GRAVITY",
     "StillThresholds", "accel_fit", "gyro_bias", "mag_coverage", "mag_fit", "neutral_rotation",
-    "saturation_check", "static_segments", "still_thresholds",
+    "relative_accel_alignment", "relative_gyro_gain", "saturation_check", "static_segments", "still_thresholds",
 ]
 
 STANDARD_GRAVITY = 9.80665  # m/s^2
@@ -607,8 +607,9 @@ def relative_accel_alignment(ref_accel: np.ndarray, ref_gyro: np.ndarray, accel:
     wx = skew(w)
     K = skew(al) + wx @ wx
     C = np.eye(3)
+    lever = np.zeros(3)
     before = after = 0.0
-    for _ in range(2):
+    for step_i in range(2):
         fc = fs @ C.T
         y = fc @ R_ref_sensor.T - fr  # (n, 3): what the rigid-body model leaves
         # R exp([d]x) fc - f_ref - K l ~ y - R [fc]x d - K l: residual y + J x with x = (d, l)
@@ -617,9 +618,8 @@ def relative_accel_alignment(ref_accel: np.ndarray, ref_gyro: np.ndarray, accel:
         b = -np.einsum("nji,nj->i", J, y)
         ridge = 1e-3 * float(np.trace(A)) / 6.0
         x = np.linalg.solve(A + ridge * np.eye(6), b)
-        if _ == 0:
-            lever0 = x[3:]
-            before = float(np.sqrt(np.mean(np.sum((y + np.einsum("nij,j->ni", -K, lever0)) ** 2, axis=1))))
+        if step_i == 0:  # the lever arm's fit alone, for the record
+            before = float(np.sqrt(np.mean(np.sum((y - K @ x[3:]) ** 2, axis=1))))
         C = Rotation.from_rotvec(x[:3]).as_matrix() @ C
         lever = x[3:]
         resid = y + np.einsum("nij,j->ni", J, x)

@@ -200,6 +200,19 @@ class Calibration:
                                                "relative_to": relative_to,
                                                "made": _made(source, seconds=round(seconds, 3), **extra)})
 
+    def set_accel_alignment(self, ident: ImuIdentity, rotation: np.ndarray, *, relative_to: str, source: str,
+                            seconds: float, **extra: Any) -> None:
+        """The rotation that brings the accelerometer's axes onto the gyro's, as the neutral step sees
+        it against the head reference (the cross-axis errors turn the two apart by about a degree, and
+        a six-pose fit cannot see a rotation): ``accel = rotation @ accel_matrix @ (raw - offset)``.
+        Kept apart from the accel step's entry, so re-running either keeps the other."""
+        self.set_step(ident.key, "accel_align", {"rotation": _mat(rotation), "relative_to": relative_to,
+                                                 "made": _made(source, seconds=round(seconds, 3), **extra)})
+
+    def accel_alignment(self, key: str) -> np.ndarray:
+        entry = self.imus.get(key, {}).get("accel_align")
+        return np.eye(3) if entry is None else np.asarray(entry["rotation"], dtype=np.float64)
+
     def gyro_gain(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(matrix, offset_rads) of the neutral step's gyro correction; identity and zero if none."""
         entry = self.imus.get(key, {}).get("gyro_gain")
@@ -305,6 +318,9 @@ class Calibration:
             if "accel" in entry:
                 corr.accel_offset[i] = entry["accel"]["offset_mps2"]
                 corr.accel_matrix[i] = entry["accel"]["matrix"]
+                corr.identity = False
+            if "accel_align" in entry:
+                corr.accel_matrix[i] = np.asarray(entry["accel_align"]["rotation"]) @ corr.accel_matrix[i]
                 corr.identity = False
             if "mag" in entry:
                 corr.mag_offset[i] = entry["mag"]["offset_uT"]

@@ -327,7 +327,7 @@ def _neutral(capture: Capture, cal: Calibration, head_reference: str | None
         old_matrix, old_offset = cal.gyro_gain(ident.key)
         total_gain = gain.matrix @ old_matrix
         total_offset = gain.matrix @ (old_offset + gain.offset_rads)
-        old_accel = cal.step(ident.key, "accel")
+        total_align = align.rotation @ cal.accel_alignment(ident.key)  # likewise for the old alignment
         rows.append({"step": step, "imu": who, "site": ident.site, "node_id": hello.node_id,
                      "estimate": {"q_ref_sensor": q.tolist(), "turning_frames": fit.rate_frames,
                                   "horizontal_rate_dps": fit.horizontal_rate_dps,
@@ -343,18 +343,7 @@ def _neutral(capture: Capture, cal: Calibration, head_reference: str | None
         commits.append(lambda ident=ident, m=total_gain, d=total_offset, g=gain: cal.set_gyro_gain(
             ident, m, d, relative_to=head_reference, source=source, seconds=seconds, turning_frames=g.frames,
             relative_rate_rms_dps=[round(g.rms_before_dps, 4), round(g.rms_after_dps, 4)]))
-        if old_accel is not None:
-            # the rotation joins the accel step's matrix (a six-pose fit is blind to it; norms unchanged),
-            # so every consumer of calibrated frames sees it; running the accel step again drops it
-            made = {k: v for k, v in old_accel.get("made", {}).items() if k not in ("unix_s", "utc")}
-            prior = made.pop("aligned_by_neutral", None) or {}
-            made["aligned_by_neutral"] = {"source": source, "angle_deg": round(align.angle_deg, 4),
-                                          "total_deg": round(float(prior.get("total_deg", 0.0)) + align.angle_deg, 4)}
-            kwargs: dict[str, Any] = {"residual_mg": old_accel["residual_mg"], "poses": int(made.pop("poses", 0)),
-                                      "source": str(made.pop("source", source)),
-                                      "seconds": float(made.pop("seconds", 0.0)),
-                                      "method": str(made.pop("method", "six-pose")), **made}
-            commits.append(lambda ident=ident, e=old_accel, r=align.rotation, kw=kwargs: cal.set_accel(
-                ident, np.asarray(e["offset_mps2"]), r @ np.asarray(e["matrix"]), **kw))
+        commits.append(lambda ident=ident, r=total_align, a=align: cal.set_accel_alignment(
+            ident, r, relative_to=head_reference, source=source, seconds=seconds, angle_deg=round(a.angle_deg, 4)))
     return rows, commits
 
