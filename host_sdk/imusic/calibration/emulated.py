@@ -110,14 +110,20 @@ def _r(x: Any, nd: int = 5) -> Any:
 # ---- per-step truth comparisons
 
 
+def _true_bias(errors: dict[str, Any], sensor: str, temp_c: float) -> np.ndarray:
+    """The simulator's bias of ``sensor`` ("gyro" rad/s or "accel" m/s^2) at ``temp_c``."""
+    unit = "rads" if sensor == "gyro" else "mps2"
+    return np.asarray(errors[f"{sensor}_bias_{unit}"]) + (temp_c - float(errors["reference_temp_c"])) * np.asarray(
+        errors[f"{sensor}_bias_tc_{unit}_per_c"])
+
+
 def _gyro(take: _Take, cal: Calibration, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         site = row["site"]
         e = take.errors(site)
         temp = take.temp_c(site)
-        truth = np.asarray(e["gyro_bias_rads"]) + (temp - float(e["reference_temp_c"])) * np.asarray(
-            e["gyro_bias_tc_rads_per_c"])
+        truth = _true_bias(e, "gyro", temp)
         est = np.asarray(row["estimate"]["bias_dps"]) * DEG
         out.append(_row("gyro", row["imu"], site, {"bias_dps": _r(est / DEG), "temp_c": row["estimate"]["temp_c"]},
                         {"bias_dps": _r(truth / DEG), "temp_c": round(temp, 3)},
@@ -161,8 +167,7 @@ def _accel(fit_take: _Take, held_out: Sequence[_Take], cal: Calibration,
         site = row["site"]
         e = fit_take.errors(site)
         temp = fit_take.temp_c(site)
-        bias = np.asarray(e["accel_bias_mps2"]) + (temp - float(e["reference_temp_c"])) * np.asarray(
-            e["accel_bias_tc_mps2_per_c"])
+        bias = _true_bias(e, "accel", temp)
         m_true = np.asarray(e["accel_matrix"])
         key = f"{cal_uid(cal, row)}/{row['slot']}"
         entry = cal.imus[key]["accel"]

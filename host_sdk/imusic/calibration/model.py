@@ -16,6 +16,7 @@ Correction (SI units; NaN stays NaN):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -24,7 +25,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -32,6 +33,8 @@ from imusic.align import Frame, FrameBlock
 from imusic.calibration.estimators import CalibrationError
 from imusic.errors import UserError, read_error
 from imusic.protocol import ChipId, Hello, ImuInfo
+
+_FramesT = TypeVar("_FramesT", Frame, FrameBlock)
 
 __all__ = ["Calibration", "CalibrationFileError", "ImuIdentity", "SCHEMA", "SCHEMA_VERSION", "identity_of"]
 
@@ -343,20 +346,19 @@ class Calibration:
         return accel, gyro, mag
 
     def apply_frame(self, frame: Frame) -> Frame:
-        if self._correction(frame.sites, frame.node_ids).identity:
-            return frame
-        a, g, m = self.apply_arrays(frame.accel_mps2, frame.gyro_rads, frame.mag_uT, frame.sites, frame.node_ids)
-        for arr in (a, g, m):
-            arr.flags.writeable = False
-        return Frame(frame.t_host_s, a, g, m, frame.valid, frame.sites, frame.node_ids)
+        return self._apply(frame)
 
     def apply_block(self, block: FrameBlock) -> FrameBlock:
-        if self._correction(block.sites, block.node_ids).identity:
-            return block
-        a, g, m = self.apply_arrays(block.accel_mps2, block.gyro_rads, block.mag_uT, block.sites, block.node_ids)
+        return self._apply(block)
+
+    def _apply(self, x: _FramesT) -> _FramesT:
+        """A Frame or FrameBlock with corrected (read-only) arrays; the same object if nothing applies."""
+        if self._correction(x.sites, x.node_ids).identity:
+            return x
+        a, g, m = self.apply_arrays(x.accel_mps2, x.gyro_rads, x.mag_uT, x.sites, x.node_ids)
         for arr in (a, g, m):
             arr.flags.writeable = False
-        return FrameBlock(block.t_host_s, a, g, m, block.valid, block.sites, block.node_ids)
+        return dataclasses.replace(x, accel_mps2=a, gyro_rads=g, mag_uT=m)
 
     # ---- files
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from imusic.errors import UserError
 
@@ -145,6 +145,12 @@ def run(args: argparse.Namespace) -> int:
                         start_us=start_us, seed=seed, faults=faults, max_seconds=seconds, offset_us=offset_us,
                         drift_ppm=drift_ppm, delay_ms=delay_ms, jitter_ms=jitter_ms, loss=loss,
                         reboot_after_s=reboot_after, reopen_after=reopen, pty_link=args.pty_link)
+    _run(node, kind, target)
+    return 0
+
+
+def _run(node: Any, kind: str, target: Any) -> None:
+    """Start the node, print where a host finds it (pty path, udp:HOST:PORT or the file), wait."""
     with node:
         if kind == "pty":
             print(node.port_path, flush=True)
@@ -156,7 +162,6 @@ def run(args: argparse.Namespace) -> int:
         if code not in (0, None):
             err = node.stderr_text().strip().splitlines()
             raise UserError(f"emulated node exited with status {code}" + (f": {err[-1]}" if err else ""))
-    return 0
 
 
 def parser_defaults() -> dict[str, str]:
@@ -220,15 +225,5 @@ def _run_sim(args: argparse.Namespace) -> int:
                             max_seconds=seconds, offset_us=offset, drift_ppm=drift, delay_ms=delay_ms,
                             jitter_ms=jitter_ms, loss=loss, reboot_after_s=reboot_after, reopen_after=reopen,
                             pty_link=args.pty_link, uid=clock.uid, heap=heap_for(table.stat().st_size))
-        with node:
-            if kind == "pty":
-                print(node.port_path, flush=True)
-            elif kind == "udp":
-                print(f"udp:{target[0]}:{target[1]}", flush=True)
-            else:
-                print(target, flush=True)
-            code = node.wait()
-            if code not in (0, None):
-                err = node.stderr_text().strip().splitlines()
-                raise UserError(f"emulated node exited with status {code}" + (f": {err[-1]}" if err else ""))
+        _run(node, kind, target)
     return 0
