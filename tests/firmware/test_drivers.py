@@ -13,6 +13,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -446,3 +447,29 @@ def test_sources_are_bit_identical_in_micropython_and_cpython(tmp_path: Path) ->
             table.read(imu % 2, t_us, values)
             expected_table.append(list(values))
     assert out == {"motion": expected_motion, "table": expected_table}
+
+
+def test_table_source_streams_long_tables_block_by_block(tmp_path: Path) -> None:
+    """A take longer than the read block: reads across block edges, backwards, and over the loop's
+    seam give exactly the integer interpolation of the file's rows."""
+    n_rows, n_imus, period = 3 * emu_source.TableSource.BLOCK_ROWS + 37, 3, 16_666
+    rng = np.random.default_rng(5)
+    rows = rng.integers(-20_000_000, 20_000_000, size=(n_rows, n_imus * 9))
+    path = tmp_path / "long.imusrc"
+    emu_source.write_table(str(path), period, n_imus, rows.tolist())
+    table = emu_source.TableSource(str(path))
+    out = array("i", [0] * 9)
+
+    def expected(imu: int, t_us: int) -> list[int]:
+        t_us %= n_rows * period
+        r, frac = divmod(t_us, period)
+        a = rows[r, imu * 9:(imu + 1) * 9]
+        b = rows[(r + 1) % n_rows, imu * 9:(imu + 1) * 9]
+        return [int(x) + (int(y) - int(x)) * frac // period for x, y in zip(a, b)]
+
+    times = [k * period + off for k in range(0, n_rows, 7) for off in (0, period // 3)]
+    times += [(n_rows - 1) * period + 5_000, n_rows * period + 123, 2 * period, 600 * period + 1]  # seam, loop, back
+    for t in times:
+        for imu in range(n_imus):
+            table.read(imu, t, out)
+            assert list(out) == expected(imu, t), (imu, t)

@@ -176,7 +176,7 @@ def _run_sim(args: argparse.Namespace) -> int:
     from imusic.emulation.launcher import EmulatedNode, parse_link
     from imusic.placement import load_layout
     from imusic.sim.rig import Rig
-    from imusic.sim.scenarios import heap_for, scenario, simulate_take, write_table
+    from imusic.sim.scenarios import scenario, simulate_take, write_table
 
     if args.imus is not None:
         raise UserError("--imus does not go with --sim: the layout gives the IMUs")
@@ -224,6 +224,6 @@ def _run_sim(args: argparse.Namespace) -> int:
                                     "seed": seed},
                             max_seconds=seconds, offset_us=offset, drift_ppm=drift, delay_ms=delay_ms,
                             jitter_ms=jitter_ms, loss=loss, reboot_after_s=reboot_after, reopen_after=reopen,
-                            pty_link=args.pty_link, uid=clock.uid, heap=heap_for(table.stat().st_size))
+                            pty_link=args.pty_link, uid=clock.uid)
         _run(node, kind, target)
     return 0

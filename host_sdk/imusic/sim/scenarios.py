@@ -521,11 +521,6 @@ def write_table(path: Path, period_us: int, accel_mps2: np.ndarray, gyro_rads: n
         f.write(ints.reshape(n_rows, n * 9).tobytes())
 
 
-def heap_for(table_bytes: int) -> str:
-    """The MicroPython heap: the table is read whole into it, plus the default 4 MB."""
-    return f"{(table_bytes >> 20) + 5}m"
-
-
 def run_take(take: SimTake, out_dir: str | Path, *, overwrite: bool = True) -> Path:
     """Record `take` through the firmware: write rec.imu, blendshapes.csv, truth.json and truth.npz
     into `out_dir` (created). Returns `out_dir`."""
@@ -558,8 +553,7 @@ def run_take(take: SimTake, out_dir: str | Path, *, overwrite: bool = True) -> P
                 imus=imus, rate_hz=layout.rate_hz, node_id=node_id, link=f"file:{streams[node_id]}",
                 clock="virtual", source={"kind": "table", "path": str(table), "loop": False,
                                          "start_us": clock.offset_us, "seed": rig.seed},
-                max_seconds=take.duration_s, offset_us=clock.offset_us, uid=clock.uid,
-                heap=heap_for(table.stat().st_size), workdir=work / f"node{node_id}")
+                max_seconds=take.duration_s, offset_us=clock.offset_us, uid=clock.uid, workdir=work / f"node{node_id}")
         for node in nodes.values():
             node.start()
         try:

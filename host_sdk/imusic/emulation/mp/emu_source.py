@@ -231,47 +231,55 @@ class TableSource(Source):
     interpolated too), else the last row holds. Times before 0 read row 0. `start_us` is the device
     time of row 0 (default 0): a simulated take starts where the node's clock starts, however long
     the node had been up.
+
+    The file is read a block of rows at a time into one preallocated array (native int32: hosts are
+    little-endian, like the file), so a take of any length fits the emulator's small heap and reads
+    stay cheap: the firmware walks the table forwards, one row per tick.
     """
 
+    BLOCK_ROWS = 512
+
     def __init__(self, path, loop=True, start_us=0):
-        with open(path, "rb") as f:
-            data = f.read()
-        if len(data) < TABLE_HEADER_BYTES or data[:8] != TABLE_MAGIC:
+        self._file = open(path, "rb")
+        head = self._file.read(TABLE_HEADER_BYTES)
+        if len(head) < TABLE_HEADER_BYTES or head[:8] != TABLE_MAGIC:
             raise ValueError("not an IMU source table: %s" % path)
-        self.period_us, self.n_imus, n_channels = struct.unpack("<IHH", data[8:TABLE_HEADER_BYTES])
+        self.period_us, self.n_imus, n_channels = struct.unpack("<IHH", head[8:TABLE_HEADER_BYTES])
         if n_channels != CHANNELS or self.period_us == 0 or self.n_imus == 0:
             raise ValueError("bad IMU source table header: %s" % path)
         row_bytes = 4 * CHANNELS * self.n_imus
-        body = len(data) - TABLE_HEADER_BYTES
-        if body == 0 or body % row_bytes:
+        body = self._file.seek(0, 2) - TABLE_HEADER_BYTES
+        if body <= 0 or body % row_bytes:
             raise ValueError("IMU source table %s: body is not a whole number of rows" % path)
         self.n_rows = body // row_bytes
         self.loop = loop
         self.start_us = start_us
-        self._data = data
         self._row_bytes = row_bytes
         self._stride = CHANNELS * self.n_imus
-        self._ints = None
-        # The rows as native int32 (hosts are little-endian, like the file): reads index them
-        # directly instead of assembling bytes. CPython fills an array with frombytes; MicroPython's
-        # array constructor takes a buffer's raw bytes.
-        ints = array("i")
-        if hasattr(ints, "frombytes"):
-            ints.frombytes(data[TABLE_HEADER_BYTES:])
-        else:
-            ints = array("i", data[TABLE_HEADER_BYTES:])
-        self._ints = None
-        if len(ints) * 4 == body and ints[0] == self._value(0, 0, 0):
-            self._ints = ints
-            self._data = None  # one copy in the heap, not two
+        rows = min(self.BLOCK_ROWS, self.n_rows)
+        self._block = array("i", [0] * (rows * self._stride))
+        self._first = -1  # table row held at the block's start; -1: nothing yet
+        self._rows = 0  # rows the block holds
+        self._row0 = array("i", [0] * self._stride)  # row 0 stays at hand for the loop's seam
+        self._file.seek(TABLE_HEADER_BYTES)
+        self._file.readinto(self._row0)
 
-    def _value(self, row, imu_index, channel):
-        if self._ints is not None:
-            return self._ints[row * self._stride + imu_index * CHANNELS + channel]
-        o = TABLE_HEADER_BYTES + row * self._row_bytes + 4 * (imu_index * CHANNELS + channel)
-        d = self._data
-        v = d[o] | (d[o + 1] << 8) | (d[o + 2] << 16) | (d[o + 3] << 24)
-        return v - 0x100000000 if v & 0x80000000 else v
+    def _load(self, row):
+        """Fill the block with the rows from `row` on."""
+        self._file.seek(TABLE_HEADER_BYTES + row * self._row_bytes)
+        self._file.readinto(self._block)  # near the end it fills only part: `_rows` says how much
+        self._first = row
+        self._rows = min(len(self._block) // self._stride, self.n_rows - row)
+
+    def _at(self, row):
+        """The array and offset holding `row` (loads its block on a miss)."""
+        if row == 0:
+            return self._row0, 0
+        k = row - self._first
+        if self._first < 0 or k < 0 or k >= self._rows:
+            self._load(row)
+            k = 0
+        return self._block, k * self._stride
 
     def read(self, imu_index, t_us, out):
         if not 0 <= imu_index < self.n_imus:
@@ -284,24 +292,28 @@ class TableSource(Source):
         if self.loop:
             t_us %= n * period
         row = t_us // period
+        col = imu_index * CHANNELS
         if row >= n - 1 and not self.loop:
+            a, o = self._at(n - 1)
             for ch in range(CHANNELS):
-                out[ch] = self._value(n - 1, imu_index, ch)
+                out[ch] = a[o + col + ch]
             return
         frac = t_us - row * period
-        nxt = row + 1 if row + 1 < n else 0
-        ints = self._ints
-        if ints is not None:
-            a0 = row * self._stride + imu_index * CHANNELS
-            if frac == 0:  # on a row: the simulator's ticks land exactly on rows
-                for ch in range(CHANNELS):
-                    out[ch] = ints[a0 + ch]
-                return
-            b0 = nxt * self._stride + imu_index * CHANNELS
+        k = row - self._first
+        if row and self._first >= 0 and 0 <= k < self._rows:  # the usual case, inline: one row per tick
+            a, o = self._block, k * self._stride + col
+        else:
+            a, o = self._at(row)
+            o += col
+        if frac == 0:  # on a row: the simulator's ticks land exactly on rows
             for ch in range(CHANNELS):
-                a = ints[a0 + ch]
-                out[ch] = a + (ints[b0 + ch] - a) * frac // period
+                out[ch] = a[o + ch]
             return
         for ch in range(CHANNELS):
-            a = self._value(row, imu_index, ch)
-            out[ch] = a + (self._value(nxt, imu_index, ch) - a) * frac // period
+            out[ch] = a[o + ch]
+        nxt = row + 1 if row + 1 < n else 0
+        b, p = self._at(nxt)  # may move the block forward: `out` already holds this row
+        p += col
+        for ch in range(CHANNELS):
+            v = out[ch]
+            out[ch] = v + (b[p + ch] - v) * frac // period
