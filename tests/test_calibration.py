@@ -13,8 +13,8 @@ from scipy.spatial.transform import Rotation
 from imusic.align import FrameBlock
 from imusic.calibration import Calibration, CalibrationError, CalibrationFileError, Capture, run_step
 from imusic.calibration.estimators import (
-    DEG, STANDARD_GRAVITY as G, accel_fit, gyro_bias, mag_coverage, mag_fit, neutral_rotation, static_segments,
-    still_thresholds,
+    DEG, STANDARD_GRAVITY as G, accel_fit, gyro_bias, mag_coverage, mag_fit, neutral_rotation, relative_gyro_gain,
+    static_segments, still_thresholds,
 )
 from imusic.errors import UserError
 from imusic.protocol import Hello, ImuInfo
@@ -225,6 +225,32 @@ def test_neutral_rotation_from_gravity_and_head_turns() -> None:
     with pytest.raises(CalibrationError, match="calibrate neutral: cheek: the head only turned about the vertical"):
         neutral_rotation(np.tile([0, 0, G], (k, 1)), yaw_only, site(np.tile([0, 0, G], (k, 1))), site(yaw_only),
                          who="cheek")
+
+
+def test_relative_gyro_gain_makes_the_site_read_as_the_reference() -> None:
+    """Two gyros on one rigid body with 1-2 % gain and cross-axis errors and a bias left between
+    them: the correction leaves only the noise, and a face that moved is refused."""
+    rng = np.random.default_rng(12)
+    r_site_ref = Rotation.from_rotvec([0.2, -0.9, 0.5]).as_matrix()
+    k = 2400
+    t = np.arange(k) / RATE
+    omega = np.stack([0.8 * np.sin(2 * np.pi * 0.4 * t), 0.6 * np.sin(2 * np.pi * 0.7 * t + 1),
+                      2.5 * np.sin(2 * np.pi * 0.25 * t)], 1)  # rad/s in the reference's axes
+    g_ref = np.eye(3) + rng.normal(0, 0.01, (3, 3))
+    g_site = np.eye(3) + rng.normal(0, 0.015, (3, 3))
+    offset = np.array([0.004, -0.003, 0.002])  # rad/s
+    noise = 0.0015
+    ref = omega @ g_ref.T + rng.normal(0, noise, (k, 3))
+    site = omega @ r_site_ref.T @ g_site.T + offset + rng.normal(0, noise, (k, 3))
+    fit = relative_gyro_gain(ref, site, r_site_ref)
+    corrected = (site - fit.offset_rads) @ fit.matrix.T
+    residual = corrected - ref @ r_site_ref.T
+    assert np.sqrt(np.mean(residual ** 2)) < 1.5 * math.sqrt(2) * noise  # the two gyros' noise, nothing more
+    assert fit.rms_before_dps > 10 * fit.rms_after_dps
+    moved = site.copy()
+    moved[: k // 2] = moved[: k // 2] @ Rotation.from_rotvec([0, 0.5, 0]).as_matrix().T  # the face moved
+    with pytest.raises(CalibrationError, match="calibrate neutral: cheek: its gyro disagrees"):
+        relative_gyro_gain(ref, moved, r_site_ref, who="cheek")
 
 
 # ---- steps, file, hardware
