@@ -44,7 +44,7 @@ __all__ = [
     "nominal_R_head_sensor",
 ]
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 FEATURE_NAMES: tuple[str, ...] = (
     "rel_rot_x_rad", "rel_rot_y_rad", "rel_rot_z_rad",
     "rel_rate_x_rads", "rel_rate_y_rads", "rel_rate_z_rads",
@@ -106,13 +106,23 @@ class FeatureSettings:
     lever_arm_prior_weight: weight of the prior, in units of (rad/s)^4 s of excitation.
     lever_arm_to_filter: feed each face site's filter its specific force moved to the reference
         point (docs/features.md).
-    align_relative: (off by default: no measurable gain on the simulator, see docs/features.md)
-        correct each site's relative orientation from how its gyro correlates with
+    align_relative: (off by default: it takes genuine facial rotation for heading error, 0.2 rad
+        on a sustained 0.15 rad oscillation in tests/test_features.py) correct each site's relative orientation from how its gyro correlates with
         the head reference's (``omega_r ~ R_rel omega_s`` while the head turns; orthogonal
         Procrustes over the last ``align_tau_s``, the filter's estimate as a prior of weight
         ``align_prior`` (rad/s)^2 s). Accelerometers cannot see the relative heading; this can.
         While less than ``align_settle`` (rad/s)^2 s of head rotation has been seen, a captured
         rest follows the correction (its heading came from the nominal mounting).
+
+    track_bias: follow each face gyro's bias relative to the head reference's while the session
+        runs: whenever a site's relative rate is below ``track_quiet_rads`` (the face quiet there),
+        its mean drifts the site's bias estimate with time constant ``track_tau_s`` (of quiet
+        time). Without it a bias difference of 0.005 deg/s (a few degrees C of warming at a
+        typical temperature coefficient) turns the site's heading 3 deg in ten minutes, and the
+        accelerometers cannot see heading. Likewise the accelerometer: on quiet frames (relative
+        rate as above and lin_acc below ``track_quiet_mps2``) lin_acc's mean is the accelerometer's
+        bias against the reference's (warming moves it 1-2 mg over ten minutes, a milliradian of
+        tilt between the two filters), tracked with the same time constant.
 
     The gyro's gain and cross-axis error relative to the head reference's, and the accelerometer's
     rotation relative to its gyro, are the calibration's neutral step (docs/calibration.md): with
@@ -134,6 +144,10 @@ class FeatureSettings:
     align_tau_s: float = 10.0
     align_prior: float = 1.0
     align_settle: float = 30.0
+    track_bias: bool = True
+    track_tau_s: float = 20.0
+    track_quiet_rads: float = 0.03
+    track_quiet_mps2: float = 0.3
 
     def to_dict(self) -> dict[str, Any]:
         return {"orientation": self.orientation.to_dict(), "max_gap_s": self.max_gap_s,
@@ -144,7 +158,9 @@ class FeatureSettings:
                 "lever_arm_prior_weight": self.lever_arm_prior_weight,
                 "lever_arm_to_filter": self.lever_arm_to_filter, "align_relative": self.align_relative,
                 "align_tau_s": self.align_tau_s, "align_prior": self.align_prior,
-                "align_settle": self.align_settle}
+                "align_settle": self.align_settle, "track_bias": self.track_bias,
+                "track_tau_s": self.track_tau_s, "track_quiet_rads": self.track_quiet_rads,
+                "track_quiet_mps2": self.track_quiet_mps2}
 
 
 def nominal_R_head_sensor(normal: np.ndarray) -> np.ndarray:
@@ -231,6 +247,7 @@ class _ImuState:
     last_t_s: float = -math.inf
     q_rel_last: np.ndarray | None = None  # a face site's last R_rel (w, x, y, z)
     bias_rads: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    accel_bias_mps2: np.ndarray = field(default_factory=lambda: np.zeros(3))  # tracked, relative to the reference
 
 
 class FeatureExtractor:
@@ -410,7 +427,8 @@ class FeatureExtractor:
             i = int(idx[k])
             if not self._usable(frame, i):
                 continue
-            self._step(self._sites[k], t, frame.gyro_rads[i], frame.accel_mps2[i] - shift[k], mag[i], q_ref, k)
+            st = self._sites[k]
+            self._step(st, t, frame.gyro_rads[i], frame.accel_mps2[i] - st.accel_bias_mps2 - shift[k], mag[i], q_ref, k)
             site_ok[k] = True
         if not site_ok.any():
             return out, valid
@@ -432,7 +450,7 @@ class FeatureExtractor:
             R_rel = self._align(ks, omega_r, g_s, R_rel, q_ref)
         assert self._rest_R is not None
         rest_R = self._rest_R[ks]
-        f_s = frame.accel_mps2[idx[ks]]
+        f_s = frame.accel_mps2[idx[ks]] - np.array([self._sites[k].accel_bias_mps2 for k in ks])
         f_r = frame.accel_mps2[ref_i]
         rel_rot = _rotvecs(np.einsum("nji,njk->nik", rest_R, R_rel))
         rel_rate = g_s - np.einsum("nji,j->ni", R_rel, omega_r)
@@ -440,6 +458,8 @@ class FeatureExtractor:
         if self.settings.lever_arm_adapt:
             self._adapt_arms(ks, K, diff)
         lin_acc = np.einsum("nji,nj->ni", rest_R, diff - self._arm_m[ks] @ K.T)
+        if self.settings.track_bias:
+            self._track_bias(ks, rel_rate, lin_acc, R_rel, rest_R)
         out[ks, 0:3] = rel_rot
         out[ks, 3:6] = rel_rate
         out[ks, 6:9] = lin_acc
@@ -482,6 +502,24 @@ class FeatureExtractor:
                 assert self._q_rest is not None
                 self._q_rest[follow] = _quats_of_matrices(self._rest_R[follow])
         return R_new
+
+    def _track_bias(self, ks: np.ndarray, rel_rate: np.ndarray, lin_acc: np.ndarray, R_rel: np.ndarray,
+                    rest_R: np.ndarray) -> None:
+        """Quiet frames pull each site's gyro and accelerometer biases (relative to the head
+        reference) towards the means of rel_rate and lin_acc (see ``FeatureSettings.track_bias``)."""
+        s = self.settings
+        quiet = np.linalg.norm(rel_rate, axis=1) < s.track_quiet_rads
+        if not quiet.any():
+            return
+        step = min(1.0, 1.0 / (s.track_tau_s * self.rate_hz))
+        still = quiet & (np.linalg.norm(lin_acc, axis=1) < s.track_quiet_mps2)
+        # lin_acc is in the rest frame: an accelerometer error e shows there as rest_R^T R_rel e
+        accel_err = np.einsum("nji,njk,nk->ni", R_rel, rest_R, lin_acc)
+        for j in np.flatnonzero(quiet):
+            st = self._sites[int(ks[j])]
+            st.bias_rads = st.bias_rads + step * rel_rate[j]
+            if still[j]:
+                st.accel_bias_mps2 = st.accel_bias_mps2 + step * accel_err[j]
 
     def _adapt_arms(self, ks: np.ndarray, K: np.ndarray, diff: np.ndarray) -> None:
         """Accumulate the normal equations of diff = K @ arm (+ facial acceleration, zero mean)."""
