@@ -145,7 +145,7 @@ class FeatureSettings:
     align_prior: float = 1.0
     align_settle: float = 30.0
     track_bias: bool = True
-    track_tau_s: float = 20.0
+    track_tau_s: float = 8.0
     track_quiet_rads: float = 0.03
     track_quiet_mps2: float = 0.3
 
