@@ -123,6 +123,11 @@ class FeatureSettings:
         rate as above and lin_acc below ``track_quiet_mps2``) lin_acc's mean is the accelerometer's
         bias against the reference's (warming moves it 1-2 mg over ten minutes, a milliradian of
         tilt between the two filters), tracked with the same time constant.
+    facial_accel_gate_mps2: while a site's lin_acc (the face's own acceleration there, last frame)
+        is above this, its filter is fed the head reference's specific force in the site's axes
+        instead of its own: speech accelerates the chin by metres per second squared, which a
+        filter cannot tell from gravity, and the tilt error times the head's rate leaked into
+        rel_rate. ``None`` feeds every filter its own accelerometer always.
 
     The gyro's gain and cross-axis error relative to the head reference's, and the accelerometer's
     rotation relative to its gyro, are the calibration's neutral step (docs/calibration.md): with
@@ -148,6 +153,7 @@ class FeatureSettings:
     track_tau_s: float = 8.0
     track_quiet_rads: float = 0.03
     track_quiet_mps2: float = 0.3
+    facial_accel_gate_mps2: float | None = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         return {"orientation": self.orientation.to_dict(), "max_gap_s": self.max_gap_s,
@@ -160,7 +166,8 @@ class FeatureSettings:
                 "align_tau_s": self.align_tau_s, "align_prior": self.align_prior,
                 "align_settle": self.align_settle, "track_bias": self.track_bias,
                 "track_tau_s": self.track_tau_s, "track_quiet_rads": self.track_quiet_rads,
-                "track_quiet_mps2": self.track_quiet_mps2}
+                "track_quiet_mps2": self.track_quiet_mps2,
+                "facial_accel_gate_mps2": self.facial_accel_gate_mps2}
 
 
 def nominal_R_head_sensor(normal: np.ndarray) -> np.ndarray:
@@ -248,6 +255,7 @@ class _ImuState:
     q_rel_last: np.ndarray | None = None  # a face site's last R_rel (w, x, y, z)
     bias_rads: np.ndarray = field(default_factory=lambda: np.zeros(3))
     accel_bias_mps2: np.ndarray = field(default_factory=lambda: np.zeros(3))  # tracked, relative to the reference
+    face_accel_mps2: float = 0.0  # |lin_acc| of the last frame: the face's own acceleration there
 
 
 class FeatureExtractor:
@@ -416,6 +424,7 @@ class FeatureExtractor:
         have = [k for k in range(n) if self._sites[k].q is not None
                 and t - self._sites[k].last_t_s <= 1.5 / self.rate_hz]
         shift = np.zeros((n, 3))
+        gated: dict[int, np.ndarray] = {}
         if have and self.settings.lever_arm_to_filter:
             # the site's filter corrects its tilt from its specific force moved to the reference
             # point (rigid lever-arm term out): both filters then see the same vector, so their
@@ -423,12 +432,22 @@ class FeatureExtractor:
             R_prev = quat_to_matrix(np.array([self._sites[k].q for k in have]))
             R_rel_prev = np.einsum("ji,njk->nik", R_ref, R_prev)
             shift[have] = np.einsum("nji,nj->ni", R_rel_prev, rigid_r[have])
+            gate = self.settings.facial_accel_gate_mps2
+            if gate is not None:
+                # while the face itself accelerates there (speech at the chin: m/s^2), the site's
+                # accelerometer says nothing about its tilt: its filter gets the reference's
+                # specific force in its own axes, i.e. the tilt R_rel already carries
+                f_ref = frame.accel_mps2[ref_i]
+                for j, k in enumerate(have):
+                    if self._sites[k].face_accel_mps2 > gate:
+                        gated[k] = R_rel_prev[j].T @ f_ref
         for k in range(n):
             i = int(idx[k])
             if not self._usable(frame, i):
                 continue
             st = self._sites[k]
-            self._step(st, t, frame.gyro_rads[i], frame.accel_mps2[i] - st.accel_bias_mps2 - shift[k], mag[i], q_ref, k)
+            f_in = gated[k] if k in gated else frame.accel_mps2[i] - st.accel_bias_mps2 - shift[k]
+            self._step(st, t, frame.gyro_rads[i], f_in, mag[i], q_ref, k)
             site_ok[k] = True
         if not site_ok.any():
             return out, valid
@@ -460,6 +479,8 @@ class FeatureExtractor:
         lin_acc = np.einsum("nji,nj->ni", rest_R, diff - self._arm_m[ks] @ K.T)
         if self.settings.track_bias:
             self._track_bias(ks, rel_rate, lin_acc, R_rel, rest_R)
+        for j, k in enumerate(ks):
+            self._sites[int(k)].face_accel_mps2 = float(np.linalg.norm(lin_acc[j]))
         out[ks, 0:3] = rel_rot
         out[ks, 3:6] = rel_rate
         out[ks, 6:9] = lin_acc
