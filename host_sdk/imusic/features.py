@@ -123,8 +123,8 @@ class FeatureSettings:
         rate as above and lin_acc below ``track_quiet_mps2``) lin_acc's mean is the accelerometer's
         bias against the reference's (warming moves it 1-2 mg over ten minutes, a milliradian of
         tilt between the two filters), tracked with the same time constant.
-    facial_accel_gate_mps2: while a site's lin_acc (the face's own acceleration there, last frame)
-        is above this, its filter is fed the head reference's specific force in the site's axes
+    facial_accel_gate_mps2: while a site's lin_acc (the face's own acceleration there, last frame,
+        less its 2 s mean so that an uncalibrated bias does not hold the gate open) is above this, its filter is fed the head reference's specific force in the site's axes
         instead of its own: speech accelerates the chin by metres per second squared, which a
         filter cannot tell from gravity, and the tilt error times the head's rate leaked into
         rel_rate. ``None`` feeds every filter its own accelerometer always.
@@ -255,7 +255,8 @@ class _ImuState:
     q_rel_last: np.ndarray | None = None  # a face site's last R_rel (w, x, y, z)
     bias_rads: np.ndarray = field(default_factory=lambda: np.zeros(3))
     accel_bias_mps2: np.ndarray = field(default_factory=lambda: np.zeros(3))  # tracked, relative to the reference
-    face_accel_mps2: float = 0.0  # |lin_acc| of the last frame: the face's own acceleration there
+    face_accel_mps2: float = 0.0  # |lin_acc - its 2 s mean| of the last frame: the face's own acceleration
+    lin_acc_mean_mps2: np.ndarray = field(default_factory=lambda: np.zeros(3))  # slow mean: biases, not the face
 
 
 class FeatureExtractor:
@@ -479,8 +480,11 @@ class FeatureExtractor:
         lin_acc = np.einsum("nji,nj->ni", rest_R, diff - self._arm_m[ks] @ K.T)
         if self.settings.track_bias:
             self._track_bias(ks, rel_rate, lin_acc, R_rel, rest_R)
+        smooth = min(1.0, 1.0 / (2.0 * self.rate_hz))  # a 2 s mean: what is left after it is the face
         for j, k in enumerate(ks):
-            self._sites[int(k)].face_accel_mps2 = float(np.linalg.norm(lin_acc[j]))
+            st = self._sites[int(k)]
+            st.lin_acc_mean_mps2 = st.lin_acc_mean_mps2 + smooth * (lin_acc[j] - st.lin_acc_mean_mps2)
+            st.face_accel_mps2 = float(np.linalg.norm(lin_acc[j] - st.lin_acc_mean_mps2))
         out[ks, 0:3] = rel_rot
         out[ks, 3:6] = rel_rate
         out[ks, 6:9] = lin_acc
