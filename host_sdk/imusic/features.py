@@ -153,7 +153,7 @@ class FeatureSettings:
     track_tau_s: float = 8.0
     track_quiet_rads: float = 0.03
     track_quiet_mps2: float = 0.3
-    facial_accel_gate_mps2: float | None = 0.2
+    facial_accel_gate_mps2: float | None = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         return {"orientation": self.orientation.to_dict(), "max_gap_s": self.max_gap_s,
