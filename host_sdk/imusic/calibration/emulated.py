@@ -79,6 +79,14 @@ class _Take:
     def temp_c(self, site: str) -> float:
         return float(self.truth["imus"][site]["temp_c"]["mean"])
 
+    def true_bias(self, site: str, sensor: str) -> np.ndarray:
+        """The simulator's bias of ``sensor`` ("gyro" rad/s or "accel" m/s^2) at the take's mean
+        temperature."""
+        e = self.errors(site)
+        unit = "rads" if sensor == "gyro" else "mps2"
+        return np.asarray(e[f"{sensor}_bias_{unit}"]) + (self.temp_c(site) - float(e["reference_temp_c"])) * np.asarray(
+            e[f"{sensor}_bias_tc_{unit}_per_c"])
+
     def column(self, site: str) -> int:
         return list(str(s) for s in self.npz["sites"]).index(site)
 
@@ -110,20 +118,12 @@ def _r(x: Any, nd: int = 5) -> Any:
 # ---- per-step truth comparisons
 
 
-def _true_bias(errors: dict[str, Any], sensor: str, temp_c: float) -> np.ndarray:
-    """The simulator's bias of ``sensor`` ("gyro" rad/s or "accel" m/s^2) at ``temp_c``."""
-    unit = "rads" if sensor == "gyro" else "mps2"
-    return np.asarray(errors[f"{sensor}_bias_{unit}"]) + (temp_c - float(errors["reference_temp_c"])) * np.asarray(
-        errors[f"{sensor}_bias_tc_{unit}_per_c"])
-
-
 def _gyro(take: _Take, cal: Calibration, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         site = row["site"]
-        e = take.errors(site)
         temp = take.temp_c(site)
-        truth = _true_bias(e, "gyro", temp)
+        truth = take.true_bias(site, "gyro")
         est = np.asarray(row["estimate"]["bias_dps"]) * DEG
         out.append(_row("gyro", row["imu"], site, {"bias_dps": _r(est / DEG), "temp_c": row["estimate"]["temp_c"]},
                         {"bias_dps": _r(truth / DEG), "temp_c": round(temp, 3)},
@@ -166,8 +166,7 @@ def _accel(fit_take: _Take, held_out: Sequence[_Take], cal: Calibration,
     for row in rows:
         site = row["site"]
         e = fit_take.errors(site)
-        temp = fit_take.temp_c(site)
-        bias = _true_bias(e, "accel", temp)
+        bias = fit_take.true_bias(site, "accel")
         m_true = np.asarray(e["accel_matrix"])
         key = f"{cal_uid(cal, row)}/{row['slot']}"
         entry = cal.imus[key]["accel"]
