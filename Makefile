@@ -15,6 +15,8 @@ $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
+	# onnx2tf and tf-keras pin an older stack they do not need at runtime: install them without it.
+	$(VENV)/bin/pip install -q --no-deps tf-keras==2.21.0 onnx2tf==1.29.24
 	touch $@
 
 # The MicroPython unix port installs a top-level micropython.py: keep it out of the main venv.

@@ -20,7 +20,12 @@ Rows "calibrated" use the rig's calibration from ``imusic.calibration.emulated``
 neutral steps on emulated calibration takes of the same rig); "uncalibrated" use none (the
 extractor captures its own rest and gyro bias from the take's first still second).
 
-Run: ``.venv/bin/python bench/bench_features.py [--seconds 60] [--seed 3] [--no-calibration]``
+(a2) the statistic of (a) pooled over many independent takes of each scenario on the rig, with its
+    chance level (features against other takes' head motion) and perfect removal beside it: one
+    60 s take cannot show |r| <= 0.1 (its chance level is 0.3-0.5), sixteen can (about 0.05).
+
+Run: ``.venv/bin/python bench/bench_features.py [--seconds 60] [--seed 3] [--no-calibration]
+[--pool-takes 16] [--pool-seconds 60]``
 """
 
 from __future__ import annotations
@@ -45,8 +50,10 @@ HEAD_CHANNELS = ("head_rate_x", "head_rate_y", "head_rate_z", "head_acc_x", "hea
 def record(scenario: str, seed: int, seconds: float, root: Path, take_seed: int = 0) -> Path:
     from imusic.sim.scenarios import record_scenario
 
-    return record_scenario("imusic", scenario, seed=seed, duration_s=seconds, take_seed=take_seed,
-                           out_dir=root / f"{scenario}_{seed}_{take_seed}")
+    out = root / f"{scenario}_{seed}_{take_seed}"
+    if (out / "truth.npz").exists():  # recorded already in this run (deterministic for the seeds)
+        return out
+    return record_scenario("imusic", scenario, seed=seed, duration_s=seconds, take_seed=take_seed, out_dir=out)
 
 
 def load_block(take: Path) -> FrameBlock:
@@ -97,6 +104,43 @@ def chance_corr(x: np.ndarray, ok: np.ndarray, y: np.ndarray) -> np.ndarray:
     motion but with the same spectra, i.e. its chance level at this take length."""
     n = len(y)
     return np.mean([max_abs_corr(x, ok, np.roll(y, int(n * f), axis=0)) for f in (0.25, 0.5, 0.75)], axis=0)
+
+
+def pooled_corr(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """(m, 9) Pearson r of every column of x with every head channel, pooled over takes: each
+    take's valid rows are centred on their own means (an offset between takes is not a correlation)
+    and the sums of products are added. ``parts``: per take (x (T, m), ok (T, m), head), head
+    (T, 9) shared by all columns or (T, m, 9) per column (e.g. at each site's own sample times)."""
+    m = parts[0][0].shape[1]
+    sxy = np.zeros((m, 9))
+    sxx = np.zeros((m, 1))
+    syy = np.zeros((m, 9))
+    for x, ok, head in parts:
+        n = min(len(x), len(head))
+        for j in range(m):
+            h = head[:n] if head.ndim == 2 else head[:n, j]
+            rows = ok[:n, j] & np.isfinite(x[:n, j]) & np.isfinite(h).all(axis=1)
+            if rows.sum() < 10:
+                continue
+            a = x[:n][rows, j] - x[:n][rows, j].mean()
+            b = h[rows] - h[rows].mean(axis=0)
+            sxy[j] += a @ b
+            sxx[j] += a @ a
+            syy[j] += (b * b).sum(axis=0)
+    den = np.sqrt(sxx * syy)
+    return np.where(den > 0, sxy / np.where(den > 0, den, 1.0), 0.0)
+
+
+def pooled_chance(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Per column, the pooled max |r| with the head motion of *other* takes of the scenario (take i's
+    features against take i+s's head, s = 1, 2, 3; mean over s): independent head motion with the
+    same statistics, the statistic's chance level for this amount of data. (Unlike a circular shift
+    within a take it stays a null for periodic motion such as walking, where a shifted gait is still
+    in step with the features.)"""
+    k = len(parts)
+    shifts = [s for s in (1, 2, 3) if s < k]
+    return np.mean([np.abs(pooled_corr([(parts[i][0], parts[i][1], parts[(i + s) % k][2]) for i in range(k)])).max(axis=1)
+                    for s in shifts], axis=0)
 
 
 def variance_explained(x: np.ndarray, ok: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -215,6 +259,48 @@ def rig_calibration(seed: int, root: Path) -> Any:
     return Calibration.load(path)
 
 
+def pooled(seed: int, seconds: float, n_takes: int, root: Path, calibration: Any) -> None:
+    """(a2): the correlation statistic pooled over ``n_takes`` independent takes per scenario (one
+    rig: a leak's coefficients belong to the rig, so they add up over its takes instead of
+    averaging out between rigs), beside its chance level from other takes' head motion and the
+    statistic of perfect removal (truth), pooled the same way."""
+    from imusic.features import FEATURE_NAMES
+
+    layout = load_layout("imusic")
+    print(f"\n(a2) pooled over {n_takes} takes x {seconds:.0f} s per scenario (take seeds 0..{n_takes - 1}), calibrated;")
+    print("    chance: features against other takes' head motion; truth: perfect removal (rel_rot, rel_rate)")
+    print(f"{'take':22} {'feat max':>9} {'feat p95':>9} {'chance max':>11} {'chance p95':>11} {'truth max':>10} "
+          f"{'truth p95':>10}   max per group (rel_rot rel_rate lin_acc)")
+    for sc in ("expressions", "expressions_walk", "neutral_head_motion"):
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        truth_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for k in range(n_takes):
+            take = record(sc, seed, seconds, root, take_seed=k)
+            block = load_block(take)
+            feats, valid = features_of_block(block, layout, calibration)
+            x, ok = feature_matrix(feats, valid)
+            parts.append((x, ok, head_motion(take, block.t_host_s)))
+            if sc != "neutral_head_motion":  # a neutral face has no facial motion to correlate
+                tx, tok, heads = true_relative_motion(take, layout)
+                truth_parts.append((tx, tok, np.repeat(heads, 6, axis=1)))
+        r = pooled_corr(parts)
+        after = np.abs(r).max(axis=1)
+        chance = pooled_chance(parts)
+        if truth_parts:
+            tr = np.abs(pooled_corr(truth_parts)).max(axis=1)
+            truth = f"{tr.max():10.3f} {np.percentile(tr, 95):10.3f}"
+        else:
+            truth = f"{'-':>10} {'-':>10}"
+        groups = " ".join(f"{after[[k * 9 + i for k in range(len(layout.face_sites)) for i in range(sl.start, sl.stop)]].max():.3f}"
+                          for sl in GROUPS.values())
+        print(f"{sc:22} {after.max():9.3f} {np.percentile(after, 95):9.3f} {chance.max():11.3f} "
+              f"{np.percentile(chance, 95):11.3f} {truth}   {groups}")
+        for j in np.argsort(-after)[:3]:
+            h = int(np.abs(r[j]).argmax())
+            print(f"    {layout.face_sites[j // 9]:32} {FEATURE_NAMES[j % 9]:16} r {r[j, h]:+.3f} with "
+                  f"{HEAD_CHANNELS[h]:12} (chance {chance[j]:.3f})")
+
+
 def ablation(seed: int, seconds: float) -> None:
     """Which sensor errors the residual comes from: the rig's ImuErrors with some kinds zeroed,
     simulated without the firmware (the simulator's samples with errors, frames at the node ticks)."""
@@ -257,6 +343,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--no-calibration", action="store_true")
+    ap.add_argument("--pool-takes", type=int, default=16,
+                    help="takes per scenario pooled in (a2) (0: skip; needs the calibration)")
+    ap.add_argument("--pool-seconds", type=float, default=60.0)
     args = ap.parse_args()
     layout = load_layout("imusic")
     with tempfile.TemporaryDirectory(prefix="imusic-bench-features-") as tmp:
@@ -295,6 +384,9 @@ def main() -> int:
         for name, cal in cals:
             us = cost_us_per_frame(takes["expressions"], layout, cal)
             print(f"{name:13} {us:8.0f} us per frame ({len(layout.sites)} IMUs)")
+        if args.pool_takes > 1 and not args.no_calibration:
+            pool_root = root if args.pool_seconds == args.seconds else root / "pool"
+            pooled(args.seed, args.pool_seconds, args.pool_takes, pool_root, cals[-1][1])
     ablation(args.seed, min(args.seconds, 30.0))
     return 0
 

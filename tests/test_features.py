@@ -244,7 +244,7 @@ def test_features_of_block_is_the_update_loop(layout, moving):
 
 
 def test_version_and_spec(layout):
-    assert FEATURE_VERSION == 2 and FEATURES_PER_SITE == 9 == len(FEATURE_NAMES)
+    assert FEATURE_VERSION == 3 and FEATURES_PER_SITE == 9 == len(FEATURE_NAMES)
     spec = feature_spec(layout, RATE_HZ)
     assert spec["feature_version"] == FEATURE_VERSION
     assert spec["layout"] == layout.name and spec["head_reference"] == layout.head_reference
@@ -318,6 +318,15 @@ def test_emulated_head_motion_removal(micropython, tmp_path, layout):
     rest = bf.group_rms(takes["neutral"], layout, cal)
     moving = bf.group_rms(takes["neutral_head_motion"], layout, cal)
     ratios = {g: moving[g] / rest[g] for g in rest}
+    # the facial-acceleration gate never holds for a neutral face, however the head moves; an
+    # expressive take's chin (speech) does trigger it
+    gated = {}
+    for sc in ("neutral_head_motion", "expressions_walk"):
+        ext = FeatureExtractor(layout, cal)
+        features_of_block(bf.load_block(takes[sc]), layout, extractor=ext)
+        gated[sc] = [st.gated_frames for st in ext._sites]
+    assert sum(gated["neutral_head_motion"]) == 0, gated
+    assert gated["expressions_walk"][layout.face_sites.index("mentalis")] > 0, gated
     assert max(ratios.values()) < 1.4, ratios  # measured 0.9-1.04
     assert rest["rel_rate"] < 2 * 0.0023  # rest itself is at the two gyros' noise
     # uncalibrated (the extractor's own rest and bias only): the gyro gain and accelerometer rotation
@@ -392,3 +401,32 @@ def test_tracked_bias_keeps_a_warming_gyro_from_turning_the_heading(layout):
     drift_tracked = _rms(tracked[late, k, 0:3][ok_t[late, k]])
     assert drift_untracked > 0.02  # radians: the heading ran away
     assert drift_tracked < drift_untracked / 2  # an average lags a ramp: measured 2.8x less
+
+
+def test_pooled_correlation_and_its_chance_level():
+    """bench_features' pooled statistic: on one take it is Pearson's r; pooled over takes it finds a
+    small leak that one take's chance level hides, and its chance level (other takes' head motion)
+    falls with the number of takes."""
+    bf = _bench()
+    rng = np.random.default_rng(5)
+
+    def slow(n: int, m: int) -> np.ndarray:  # slow signals: ~30 independent samples per take
+        kernel = np.ones(20) / 20.0
+        return np.stack([np.convolve(rng.normal(size=n + 19), kernel, "valid") for _ in range(m)], axis=1)
+
+    def take(leak: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        head = slow(600, 9)
+        x = slow(600, 2)
+        x[:, 0] += leak * head[:, 4] / head[:, 4].std() * x[:, 0].std()
+        return x, np.ones_like(x, dtype=bool), head
+
+    one = take(0.0)
+    r = bf.pooled_corr([one])
+    assert np.allclose(r[1], [np.corrcoef(one[0][:, 1], one[2][:, i])[0, 1] for i in range(9)])
+    few = [take(0.2) for _ in range(2)]
+    many = few + [take(0.2) for _ in range(62)]
+    chance_few, chance_many = bf.pooled_chance(few), bf.pooled_chance(many)
+    assert chance_many.max() < 0.5 * chance_few.max()
+    r_many = bf.pooled_corr(many)
+    assert int(np.abs(r_many[0]).argmax()) == 4  # the leak is found in the right head channel
+    assert np.abs(r_many[0, 4]) > 2 * chance_many[0]

@@ -24,11 +24,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "record": ("imusic.commands.record", "record a session's raw bytes (both directions) to a .imu file"),
     "replay": ("imusic.commands.replay", "run a recording through the session pipeline"),
     "stats": ("imusic.commands.stats", "decode and align a recording; per-node statistics"),
-    "export": ("imusic.commands.export", "export a recording's aligned frames to npz, csv or hdf5"),
+    "export": ("imusic.commands.export", "export a recording's frames (npz, csv, hdf5) or a trained model (ONNX, TFLite)"),
     "nodes": ("imusic.commands.nodes", "list nodes answering on serial ports and announcing on UDP"),
     "placement": ("imusic.commands.placement", "face layouts: list, check, draw, and optimise IMU sites"),
     "simulate": ("imusic.commands.simulate", "simulated subjects through the real firmware: rec.imu + blendshape truth"),
     "calibrate": ("imusic.commands.calibrate", "calibration steps (gyro, accel, mag, clock, neutral) saved per node and IMU"),
+    "train": ("imusic.commands.train", "train the blendshape teacher or student on paired recordings"),
+    "eval": ("imusic.commands.eval", "a model's blendshape error on paired recordings, beside the ridge baseline"),
+    "edge-check": ("imusic.commands.edge_check", "run a model on emulated aarch64 (Raspberry Pi, Jetson) and compare with x86"),
 }
 
 

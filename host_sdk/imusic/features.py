@@ -44,7 +44,7 @@ __all__ = [
     "nominal_R_head_sensor",
 ]
 
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3
 FEATURE_NAMES: tuple[str, ...] = (
     "rel_rot_x_rad", "rel_rot_y_rad", "rel_rot_z_rad",
     "rel_rate_x_rads", "rel_rate_y_rads", "rel_rate_z_rads",
@@ -124,10 +124,15 @@ class FeatureSettings:
         bias against the reference's (warming moves it 1-2 mg over ten minutes, a milliradian of
         tilt between the two filters), tracked with the same time constant.
     facial_accel_gate_mps2: while a site's lin_acc (the face's own acceleration there, last frame,
-        less its 2 s mean so that an uncalibrated bias does not hold the gate open) is above this, its filter is fed the head reference's specific force in the site's axes
-        instead of its own: speech accelerates the chin by metres per second squared, which a
-        filter cannot tell from gravity, and the tilt error times the head's rate leaked into
-        rel_rate. ``None`` feeds every filter its own accelerometer always.
+        less its mean over ``facial_accel_mean_s``) is above this, its filter is fed the head
+        reference's specific force in the site's axes instead of its own: speech accelerates the
+        chin by metres per second squared (with a non-zero mean: the centripetal part of the jaw's
+        turning), which a filter cannot tell from gravity, and the tilt error times the head's rate
+        leaked into rel_rate. ``None`` feeds every filter its own accelerometer always.
+    facial_accel_mean_s: the time constant of the mean taken off lin_acc for the gate. Short (0.25 s:
+        speech is 3-7 Hz) so that slow lin_acc from a relative orientation error (which changes with
+        the head's tilt) does not hold the gate open: with a 2 s mean an uncalibrated site's drift
+        showed as lin_acc, held the gate, and so drifted further (docs/features.md, item 5).
 
     The gyro's gain and cross-axis error relative to the head reference's, and the accelerometer's
     rotation relative to its gyro, are the calibration's neutral step (docs/calibration.md): with
@@ -153,7 +158,8 @@ class FeatureSettings:
     track_tau_s: float = 8.0
     track_quiet_rads: float = 0.03
     track_quiet_mps2: float = 0.3
-    facial_accel_gate_mps2: float | None = 0.5
+    facial_accel_gate_mps2: float | None = 0.2
+    facial_accel_mean_s: float = 0.25
 
     def to_dict(self) -> dict[str, Any]:
         return {"orientation": self.orientation.to_dict(), "max_gap_s": self.max_gap_s,
@@ -167,7 +173,8 @@ class FeatureSettings:
                 "align_settle": self.align_settle, "track_bias": self.track_bias,
                 "track_tau_s": self.track_tau_s, "track_quiet_rads": self.track_quiet_rads,
                 "track_quiet_mps2": self.track_quiet_mps2,
-                "facial_accel_gate_mps2": self.facial_accel_gate_mps2}
+                "facial_accel_gate_mps2": self.facial_accel_gate_mps2,
+                "facial_accel_mean_s": self.facial_accel_mean_s}
 
 
 def nominal_R_head_sensor(normal: np.ndarray) -> np.ndarray:
@@ -255,8 +262,9 @@ class _ImuState:
     q_rel_last: np.ndarray | None = None  # a face site's last R_rel (w, x, y, z)
     bias_rads: np.ndarray = field(default_factory=lambda: np.zeros(3))
     accel_bias_mps2: np.ndarray = field(default_factory=lambda: np.zeros(3))  # tracked, relative to the reference
-    face_accel_mps2: float = 0.0  # |lin_acc - its 2 s mean| of the last frame: the face's own acceleration
+    face_accel_mps2: float = 0.0  # |lin_acc - its short mean| of the last frame: the face's own acceleration
     lin_acc_mean_mps2: np.ndarray = field(default_factory=lambda: np.zeros(3))  # slow mean: biases, not the face
+    gated_frames: int = 0  # frames whose filter took the reference's tilt (introspection)
 
 
 class FeatureExtractor:
@@ -442,6 +450,7 @@ class FeatureExtractor:
                 for j, k in enumerate(have):
                     if self._sites[k].face_accel_mps2 > gate:
                         gated[k] = R_rel_prev[j].T @ f_ref
+                        self._sites[k].gated_frames += 1
         for k in range(n):
             i = int(idx[k])
             if not self._usable(frame, i):
@@ -480,7 +489,7 @@ class FeatureExtractor:
         lin_acc = np.einsum("nji,nj->ni", rest_R, diff - self._arm_m[ks] @ K.T)
         if self.settings.track_bias:
             self._track_bias(ks, rel_rate, lin_acc, R_rel, rest_R)
-        smooth = min(1.0, 1.0 / (2.0 * self.rate_hz))  # a 2 s mean: what is left after it is the face
+        smooth = min(1.0, 1.0 / (self.settings.facial_accel_mean_s * self.rate_hz))  # what is left after it is the face
         for j, k in enumerate(ks):
             st = self._sites[int(k)]
             st.lin_acc_mean_mps2 = st.lin_acc_mean_mps2 + smooth * (lin_acc[j] - st.lin_acc_mean_mps2)

@@ -3,7 +3,8 @@
     imusic placement list
     imusic placement check imusic            (or a .yaml file)
     imusic placement show imusic --out face.svg
-    imusic placement optimize --k 11 [--cover-zones] [--layout-name NAME] [--json]
+    imusic placement optimize --k 11 [--cover-zones] [--exclude SITES] [--prior expressions|flat]
+                              [--placement-mm MM] [--skin-mm MM] [--layout-name NAME] [--json]
 
 docs/placement.md describes the face frame, the catalogue, the layouts and the optimiser.
 """
@@ -33,10 +34,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="force at least one site in each zone IMUSIC names (default: plain greedy)")
     opt.add_argument("--layout-name", metavar="NAME",
                      help="also print the pick as a layout file NAME (one node, head reference nasion)")
+    opt.add_argument("--exclude", metavar="SITE[,SITE]", default="",
+                     help="sites that may not be picked (beard, a site that will not hold an IMU)")
+    opt.add_argument("--prior", choices=("expressions", "flat"), default="expressions",
+                     help="weight prior: the covariance of the simulator's expression data (default) or sd 1 "
+                          "for every shape (the old objective)")
+    opt.add_argument("--prior-floor", type=float, default=None, metavar="SD",
+                     help="sd added to every shape of the expressions prior (default 0.05)")
     opt.add_argument("--displacement-mm", type=float, default=None,
-                     help="noise-equivalent skin displacement (default 0.5 mm)")
+                     help="sensor: noise-equivalent skin displacement (default 0.5 mm)")
     opt.add_argument("--rotation-deg", type=float, default=None,
-                     help="noise-equivalent skin rotation (default 0.2 deg)")
+                     help="sensor: noise-equivalent skin rotation (default 0.2 deg)")
+    opt.add_argument("--placement-mm", type=float, default=None,
+                     help="rms in-skin placement error of an IMU (default 1.9 mm; 0 = none)")
+    opt.add_argument("--skin-mm", type=float, default=None,
+                     help="rms skin motion shared by neighbouring sites (default 0.5 mm; 0 = none)")
+    opt.add_argument("--skin-length-mm", type=float, default=None,
+                     help="correlation length of that shared skin motion (default 15 mm)")
     opt.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -131,56 +145,85 @@ def layout_yaml(name: str, sites: list[str], head_reference: str = "nasion") -> 
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def _optimize(args: argparse.Namespace) -> int:
-    from imusic.placement import IMUSIC_ZONES, load_layout, list_layouts
-    from imusic.placement.optimize import NoiseModel, greedy_select, observability
+def _objective(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(NoiseModel, WeightPrior) from the command line; bad values give one-line errors."""
+    from imusic.placement.optimize import NoiseModel, WeightPrior
 
-    defaults = NoiseModel()
-    noise = NoiseModel(displacement_mm=args.displacement_mm or defaults.displacement_mm,
-                       rotation_deg=args.rotation_deg or defaults.rotation_deg)
-    if noise.displacement_mm <= 0 or noise.rotation_deg <= 0:
-        raise UserError("--displacement-mm and --rotation-deg must be positive")
+    given = {name: getattr(args, name) for name in
+             ("displacement_mm", "rotation_deg", "placement_mm", "skin_mm", "skin_length_mm")}
+    noise = NoiseModel(**{k: v for k, v in given.items() if v is not None})
+    if args.prior == "flat":
+        if args.prior_floor is not None:
+            raise UserError("--prior-floor applies to --prior expressions only")
+        return noise, WeightPrior.flat()
+    return noise, WeightPrior.expressions(*(() if args.prior_floor is None else (args.prior_floor,)))
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    from imusic.placement import IMUSIC_ZONES, load_catalogue, load_layout, list_layouts
+    from imusic.placement.optimize import Problem, greedy_select
+
     if args.layout_name is not None and not args.layout_name.isidentifier():
         raise UserError(f"--layout-name {args.layout_name!r}: use letters, digits and underscores")
-    pick = greedy_select(args.k, noise=noise, cover_zones=IMUSIC_ZONES if args.cover_zones else ())
-    layouts = {name: observability(load_layout(name).face_sites, noise=noise) for name in list_layouts()}
+    noise, prior = _objective(args)
+    exclude = [s.strip() for s in args.exclude.split(",") if s.strip()]
+    catalogue = load_catalogue()
+    problem = Problem([s for s in catalogue.sites.values() if not s.rigid], noise=noise, prior=prior)
+    pick = greedy_select(args.k, catalogue=catalogue, problem=problem, exclude=exclude,
+                         cover_zones=IMUSIC_ZONES if args.cover_zones else ())
+    names = [s.name for s in problem.sites]
+    layouts = {name: problem.summary([names.index(s) for s in load_layout(name).face_sites])
+               for name in list_layouts()}
     result: dict[str, Any] = {"k": args.k, "pick": pick, "layouts": layouts}
     if args.layout_name:
         result["layout_yaml"] = layout_yaml(args.layout_name, pick["sites"])
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
-    print(report(pick, layouts, noise))
+    print(report(pick, layouts))
     if args.layout_name:
         print(f"\n# layout {args.layout_name} (save as {args.layout_name}.yaml)\n{result['layout_yaml']}", end="")
     return 0
 
 
-def report(pick: dict[str, Any], layouts: dict[str, dict[str, Any]], noise: Any) -> str:
+def report(pick: dict[str, Any], layouts: dict[str, dict[str, Any]]) -> str:
     """The optimiser's result as text: the pick, per-region and per-blendshape figures beside the layouts."""
     from imusic.arkit import BLENDSHAPES, REGIONS
-    from imusic.placement.optimize import RESOLVED_SD
+    from imusic.placement.optimize import RESOLVED_EXPLAINED
 
-    lines = [f"greedy D-optimal pick of {len(pick['sites'])} face sites (noise: displacement "
-             f"{noise.displacement_mm} mm, rotation {noise.rotation_deg} deg; prior sd 1 weight unit)"]
+    noise, prior = pick["noise"], pick["prior"]
+    prior_text = (f"expression-data prior (floor sd {prior['floor_sd']})" if prior["name"] == "expressions"
+                  else f"flat prior (sd {prior['sd']})")
+    lines = [f"greedy pick of {len(pick['sites'])} face sites for information about the 52 weights",
+             f"  {prior_text}; sensor {noise['displacement_mm']} mm / {noise['rotation_deg']} deg; placement "
+             f"{noise['placement_mm']} mm rms; shared skin motion {noise['skin_mm']} mm over "
+             f"{noise['skin_length_mm']} mm"]
     if pick["constrained_by"]:
         lines.append(f"constrained to cover: {', '.join(pick['constrained_by'])}")
+    if pick["excluded"]:
+        lines.append(f"excluded: {', '.join(pick['excluded'])}")
     for i, step in enumerate(pick["order"], 1):
-        lines.append(f"  {i:>2}. {step['site']:<32} +{step['gain']:.1f} nats")
+        lines.append(f"  {i:>2}. {step['site']:<32} +{step['gain']:.2f} nats")
     lines.append(f"zones covered: {', '.join(pick['zones'])}")
     missing = pick["missing_imusic_zones"]
     lines.append("IMUSIC zones: all covered" if not missing else f"IMUSIC zones missed: {', '.join(missing)}")
     columns = {"pick": pick, **layouts}
     names = list(columns)
+    w = 30  # label column
+
+    def row(label: str, cells: list[str]) -> str:
+        return f"{label:<{w}}" + "".join(f"{c:>10}" for c in cells)
+
     lines.append("")
-    lines.append(f"{'':<22}" + "".join(f"{n:>10}" for n in names))
-    lines.append(f"{'face sites':<22}" + "".join(f"{len(columns[n]['sites']):>10}" for n in names))
-    lines.append(f"{'logdet (nats)':<22}" + "".join(f"{columns[n]['logdet']:>10.1f}" for n in names))
-    lines.append(f"{'resolved (of 52)':<22}" + "".join(f"{columns[n]['resolved']:>10}" for n in names))
-    lines.append(f"median posterior sd per region (weight units; 1 = unobserved; resolved: sd <= {RESOLVED_SD})")
+    lines.append(row("", names))
+    lines.append(row("face sites", [str(len(columns[n]["sites"])) for n in names]))
+    lines.append(row("information (nats)", [f"{columns[n]['logdet']:.1f}" for n in names]))
+    lines.append(row("resolved (of 52)", [str(columns[n]["resolved"]) for n in names]))
+    lines.append(f"median share of each shape's variance explained, per region (resolved: >= {RESOLVED_EXPLAINED})")
     for region in REGIONS:
-        lines.append(f"  {region:<20}" + "".join(f"{columns[n]['regions'][region]['median_sd']:>10.2f}" for n in names))
-    lines.append("posterior sd per blendshape")
+        lines.append(row(f"  {region}", [f"{columns[n]['regions'][region]['median_explained']:.2f}" for n in names]))
+    lines.append("share of variance explained per blendshape (prior sd in brackets)")
     for shape in BLENDSHAPES:
-        lines.append(f"  {shape:<20}" + "".join(f"{columns[n]['posterior_sd'][shape]:>10.2f}" for n in names))
+        lines.append(row(f"  {shape} ({pick['prior_sd'][shape]:.2f})",
+                         [f"{columns[n]['explained'][shape]:.2f}" for n in names]))
     return "\n".join(lines)

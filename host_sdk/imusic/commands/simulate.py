@@ -5,7 +5,14 @@ IMUs: errors, node clocks and uids), all drawn from --seed and the subject numbe
 are split into --takes-per-subject takes, each recorded through the emulated rig:
 
     DIR/subject_01/take_01/{rec.imu, blendshapes.csv, truth.json, truth.npz}
+    DIR/subject_01/calibration.json   the subject's rig calibrated on emulated calibration takes
     DIR/manifest.json   takes, subjects, seeds, layout, durations (and that the data are simulated)
+
+Calibration (default; ``--no-calibrate`` skips it): after a subject's takes, the rig is put
+through the calibration steps the features use (gyro, accel, neutral; mag where the layout has a
+magnetometer) on its own emulated calibration takes (`imusic.calibration.emulated`), and the file
+is saved beside the takes, where `imusic.data` finds it. `add_calibrations(DIR)` does the same
+for a simulated dataset made without.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"scenario of the takes, or a comma-separated list used in turn (default {WORN_DEFAULT})")
     p.add_argument("--out", required=True, help="output directory (created; must be empty or new)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="skip the per-subject rig calibration (features are then uncalibrated)")
 
 
 def _number(name: str, text: str, *, integer: bool, lo: float) -> Any:
@@ -104,7 +114,89 @@ def run(args: argparse.Namespace) -> int:
             entry["takes"].append({"path": str(take_dir.relative_to(out)), "scenario": name, "take_seed": j,
                                    "duration_s": take_s})
             print(f"{take_dir}: {name}, {take_s:g} s", file=sys.stderr, flush=True)
+        if args.calibrate:
+            entry["calibration"] = calibrate_subject(out, entry["id"], args.layout, subject_seed)
+            print(f"{out / entry['id'] / CALIBRATION_FILE}: {_calibration_line(entry['calibration'])}",
+                  file=sys.stderr, flush=True)
         manifest["subjects"].append(entry)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    print(f"{out}: {subjects} subject(s) x {takes} take(s) of {take_s:g} s ({layout.name} layout)")
+    manifest["calibrated"] = bool(args.calibrate)
+    _write_manifest(out, manifest)
+    print(f"{out}: {subjects} subject(s) x {takes} take(s) of {take_s:g} s ({layout.name} layout"
+          f"{', calibrated' if args.calibrate else ''})")
     return 0
+
+
+CALIBRATION_FILE = "calibration.json"
+
+
+def calibration_steps(layout: Any) -> list[str]:
+    """The steps whose results the features use: gyro, accel, neutral; mag only with a magnetometer."""
+    steps = ["gyro", "accel"]
+    if any(imu.mag for imu in layout.imus):
+        steps.append("mag")
+    return steps + ["neutral"]
+
+
+def calibrate_subject(out: Path, subject_id: str, layout: str, subject_seed: int,
+                      steps: Sequence[str] | None = None) -> dict[str, Any]:
+    """Calibrate subject ``subject_id``'s rig (seed ``subject_seed``) on emulated calibration
+    takes and save DIR/subject/calibration.json; returns the manifest's record of it."""
+    from imusic.calibration.emulated import emulated_calibration
+    from imusic.placement import load_layout
+
+    todo = list(steps) if steps is not None else calibration_steps(load_layout(layout))
+    path = out / subject_id / CALIBRATION_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = emulated_calibration(layout=layout, seed=subject_seed, steps=todo, save_to=path)
+    worst: dict[str, dict[str, Any]] = {}
+    for row in report["results"]:
+        w = worst.setdefault(row["step"], {"max_residual": 0.0, "unit": row["unit"], "target": row["target"],
+                                           "ok": True})
+        if row["residual"] == row["residual"]:  # not NaN
+            w["max_residual"] = round(max(w["max_residual"], float(row["residual"])), 5)
+        w["ok"] = bool(w["ok"] and row["ok"])
+    return {"path": str(path.relative_to(out)), "seed": subject_seed, "steps": report["steps"],
+            "source": "imusic.calibration.emulated on simulated calibration takes of the subject's rig",
+            "results": worst}
+
+
+def _calibration_line(record: dict[str, Any]) -> str:
+    return ", ".join(f"{step} {r['max_residual']:g} {r['unit']}" for step, r in record["results"].items())
+
+
+def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(out / "manifest.json")
+
+
+def add_calibrations(path: str | Path, *, layout: str | None = None, overwrite: bool = False,
+                     log: Callable[[str], None] | None = None) -> list[str]:
+    """Calibrate every subject of the simulated dataset at ``path`` that has no calibration yet
+    (all with ``overwrite``), saving DIR/subject/calibration.json and recording it in the
+    manifest (rewritten after each subject, so an interrupted run keeps what it finished).
+    layout: the layout name or .yaml the dataset was made with (default: the manifest's).
+    Returns the subjects calibrated."""
+    out = Path(path)
+    mpath = out / "manifest.json"
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{out}: no manifest.json (not an imusic simulate directory)") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{mpath}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "imusic-sim-dataset":
+        raise UserError(f"{mpath}: not a simulated dataset's manifest")
+    lay = layout if layout is not None else str(manifest.get("layout", "imusic"))
+    done: list[str] = []
+    for entry in manifest.get("subjects", []):
+        have = entry.get("calibration") and (out / entry["calibration"]["path"]).is_file()
+        if have and not overwrite:
+            continue
+        entry["calibration"] = calibrate_subject(out, entry["id"], lay, int(entry["subject_seed"]))
+        done.append(entry["id"])
+        manifest["calibrated"] = all(e.get("calibration") for e in manifest["subjects"])
+        _write_manifest(out, manifest)
+        if log is not None:
+            log(f"{out / entry['id'] / CALIBRATION_FILE}: {_calibration_line(entry['calibration'])}")
+    return done
