@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 MICROPYTHON := $(abspath $(MPVENV))/bin/micropython
 export IMUSIC_MICROPYTHON := $(MICROPYTHON)
 
-.PHONY: all bootstrap demo test bench clean
+.PHONY: all bootstrap demo test bench edge-check clean
 
 all: test
 
@@ -41,6 +41,10 @@ test: bootstrap
 
 bench: $(VENV)/.stamp $(MPVENV)/.stamp
 	$(PY) bench/run.py
+
+# The shipped model on an emulated Raspberry Pi 4 core (QEMU user mode), compared with x86.
+edge-check: $(VENV)/.stamp
+	$(VENV)/bin/imusic edge-check default --cpu cortex-a72
 
 clean:
 	rm -rf $(VENV) $(MPVENV) .cache
