@@ -25,7 +25,7 @@ extractor captures its own rest and gyro bias from the take's first still second
     60 s take cannot show |r| <= 0.1 (its chance level is 0.3-0.5), sixteen can (about 0.05).
 
 Run: ``.venv/bin/python bench/bench_features.py [--seconds 60] [--seed 3] [--no-calibration]
-[--pool-takes 16] [--pool-seconds 60]``
+[--pool-takes 16] [--pool-seconds 60] [--work-dir DIR]``
 """
 
 from __future__ import annotations
@@ -346,10 +346,14 @@ def main() -> int:
     ap.add_argument("--pool-takes", type=int, default=16,
                     help="takes per scenario pooled in (a2) (0: skip; needs the calibration)")
     ap.add_argument("--pool-seconds", type=float, default=60.0)
+    ap.add_argument("--work-dir", type=Path, default=None,
+                    help="keep the recorded takes here and reuse them on the next run (deterministic for "
+                         "the seeds; default: a temporary directory)")
     args = ap.parse_args()
     layout = load_layout("imusic")
     with tempfile.TemporaryDirectory(prefix="imusic-bench-features-") as tmp:
-        root = Path(tmp)
+        root = Path(tmp) if args.work_dir is None else args.work_dir
+        root.mkdir(parents=True, exist_ok=True)
         takes = {sc: record(sc, args.seed, args.seconds, root)
                  for sc in ("neutral", "neutral_head_motion", "expressions_walk", "expressions")}
         cals: list[tuple[str, Any]] = [("uncalibrated", None)]

@@ -244,7 +244,7 @@ def test_features_of_block_is_the_update_loop(layout, moving):
 
 
 def test_version_and_spec(layout):
-    assert FEATURE_VERSION == 3 and FEATURES_PER_SITE == 9 == len(FEATURE_NAMES)
+    assert FEATURE_VERSION == 4 and FEATURES_PER_SITE == 9 == len(FEATURE_NAMES)
     spec = feature_spec(layout, RATE_HZ)
     assert spec["feature_version"] == FEATURE_VERSION
     assert spec["layout"] == layout.name and spec["head_reference"] == layout.head_reference
@@ -402,6 +402,37 @@ def test_tracked_bias_keeps_a_warming_gyro_from_turning_the_heading(layout):
     assert drift_untracked > 0.02  # radians: the heading ran away
     assert drift_tracked < drift_untracked / 2  # an average lags a ramp: measured 2.8x less
 
+
+
+def test_accel_bias_is_tracked_along_gravity_only(layout):
+    """An accelerometer bias that appears mid-take: its part along gravity shows in lin_acc and is
+    tracked away; its part across gravity is indistinguishable from a relative tilt while the head
+    stays upright (the filter takes it as tilt), so the tracker must leave it alone rather than walk
+    a tilt-and-bias pair."""
+    block = rigid_block(layout, 60.0, noise=True, amp_rad=(0.05, 0.05, 0.1))  # head near upright
+    site = layout.face_sites[2]
+    i, k = layout.sites.index(site), layout.face_sites.index(site)
+    up_s = nominal_R_head_sensor(layout.site(site).normal).T @ np.array([0.0, 0.0, 1.0])
+    across = np.cross(up_s, [1.0, 0.0, 0.0])
+    across /= np.linalg.norm(across)
+    bias = 0.03 * up_s + 0.03 * across  # 3 mg each
+    acc = block.accel_mps2.copy()
+    acc[:, i] += (block.t_host_s > 5.0)[:, None] * bias
+    biased = FrameBlock(block.t_host_s, acc, block.gyro_rads, block.mag_uT, block.valid, block.sites, block.node_ids)
+    late = slice(int(40 * RATE_HZ), None)
+    results = {}
+    for name, settings in (("along", FeatureSettings()), ("full", FeatureSettings(track_accel_along_gravity=False)),
+                           ("off", FeatureSettings(track_quiet_mps2=0.0))):
+        ext = FeatureExtractor(layout, settings=settings)
+        feats, ok = features_of_block(biased, layout, extractor=ext)
+        est = ext._sites[k].accel_bias_mps2
+        lin_acc_up = float(np.mean(feats[late, k, 6:9][ok[late, k]] @ up_s))  # the rest frame is the sensor's here
+        results[name] = (float(est @ up_s), float(np.linalg.norm(est - (est @ up_s) * up_s)), lin_acc_up)
+    along, full, off = results["along"], results["full"], results["off"]
+    assert abs(off[2]) > 0.02  # untracked, the bias along gravity stays in lin_acc
+    assert abs(along[0] - 0.03) < 0.005 and abs(along[2]) < abs(off[2]) / 5  # tracked away
+    assert along[1] < 0.003  # across gravity: left to the filter's tilt (measured 0.0003)
+    assert full[1] > 3 * along[1]  # tracking every axis picks it up (measured 0.0099)
 
 def test_pooled_correlation_and_its_chance_level():
     """bench_features' pooled statistic: on one take it is Pearson's r; pooled over takes it finds a

@@ -44,7 +44,7 @@ __all__ = [
     "nominal_R_head_sensor",
 ]
 
-FEATURE_VERSION = 3
+FEATURE_VERSION = 4
 FEATURE_NAMES: tuple[str, ...] = (
     "rel_rot_x_rad", "rel_rot_y_rad", "rel_rot_z_rad",
     "rel_rate_x_rads", "rel_rate_y_rads", "rel_rate_z_rads",
@@ -115,7 +115,9 @@ class FeatureSettings:
         rest follows the correction (its heading came from the nominal mounting).
 
     track_bias: follow each face gyro's bias relative to the head reference's while the session
-        runs: whenever a site's relative rate is below ``track_quiet_rads`` (the face quiet there),
+        runs: whenever a site's relative rate is below ``track_quiet_rads`` (the face quiet there;
+        0.01 rad/s, a few times the two gyros' noise: at 0.03 slow facial turning was taken for
+        bias and the error leaked the head's rate, docs/features.md),
         its mean drifts the site's bias estimate with time constant ``track_tau_s`` (of quiet
         time). Without it a bias difference of 0.005 deg/s (a few degrees C of warming at a
         typical temperature coefficient) turns the site's heading 3 deg in ten minutes, and the
@@ -123,6 +125,12 @@ class FeatureSettings:
         rate as above and lin_acc below ``track_quiet_mps2``) lin_acc's mean is the accelerometer's
         bias against the reference's (warming moves it 1-2 mg over ten minutes, a milliradian of
         tilt between the two filters), tracked with the same time constant.
+    track_accel_along_gravity: track only the accelerometer bias's component along gravity (the
+        site's current up axis). Across gravity a bias and a relative tilt of bias / g look the
+        same while the head stays upright (the filter takes the bias as tilt), so tracking that
+        part walks the pair: the tilt error times the head's rate leaked into rel_rate, growing
+        over a ten-minute take. Along gravity a tilt error shows only in second order. As the head
+        nods and turns, other axes come under gravity and get their share.
     facial_accel_gate_mps2: while a site's lin_acc (the face's own acceleration there, last frame,
         less its mean over ``facial_accel_mean_s``) is above this, its filter is fed the head
         reference's specific force in the site's axes instead of its own: speech accelerates the
@@ -156,8 +164,9 @@ class FeatureSettings:
     align_settle: float = 30.0
     track_bias: bool = True
     track_tau_s: float = 8.0
-    track_quiet_rads: float = 0.03
+    track_quiet_rads: float = 0.01
     track_quiet_mps2: float = 0.3
+    track_accel_along_gravity: bool = True
     facial_accel_gate_mps2: float | None = 0.2
     facial_accel_mean_s: float = 0.25
 
@@ -173,6 +182,7 @@ class FeatureSettings:
                 "align_settle": self.align_settle, "track_bias": self.track_bias,
                 "track_tau_s": self.track_tau_s, "track_quiet_rads": self.track_quiet_rads,
                 "track_quiet_mps2": self.track_quiet_mps2,
+                "track_accel_along_gravity": self.track_accel_along_gravity,
                 "facial_accel_gate_mps2": self.facial_accel_gate_mps2,
                 "facial_accel_mean_s": self.facial_accel_mean_s}
 
@@ -549,6 +559,10 @@ class FeatureExtractor:
         still = quiet & (np.linalg.norm(lin_acc, axis=1) < s.track_quiet_mps2)
         # lin_acc is in the rest frame: an accelerometer error e shows there as rest_R^T R_rel e
         accel_err = np.einsum("nji,njk,nk->ni", R_rel, rest_R, lin_acc)
+        if s.track_accel_along_gravity:  # across gravity a bias is indistinguishable from tilt
+            assert self._ref.q is not None
+            up_s = np.einsum("nji,j->ni", R_rel, quat_to_matrix(self._ref.q)[2])  # world up, site axes
+            accel_err = np.sum(accel_err * up_s, axis=1)[:, None] * up_s
         for j in np.flatnonzero(quiet):
             st = self._sites[int(ks[j])]
             st.bias_rads = st.bias_rads + step * rel_rate[j]
