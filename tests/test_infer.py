@@ -399,7 +399,9 @@ def test_default_model_runs_on_a_simulated_take(sim_take: Path) -> None:
         assert (int8.path.parent / name).stat().st_size <= 1024 * 1024
     assert (int8.path.parent / "MODEL_CARD.md").is_file() and (int8.path.parent / "ridge.npz").is_file()
     frames = [f for b in replay_blocks(sim_take / "rec.imu", spec.rate_hz).blocks for f in b.frames()]
-    stream = BlendshapeStream(int8, "imusic")
+    # the rig's calibration, as the dataset loader finds it (take dir, else subject dir)
+    cal = next((p for p in (sim_take / "calibration.json", sim_take.parent / "calibration.json") if p.is_file()), None)
+    stream = BlendshapeStream(int8, "imusic", cal)
     y_frames = np.array([stream.update(f) for f in frames])
     assert y_frames.shape == (len(frames), 52) and ((y_frames >= 0) & (y_frames <= 1)).all()
     take = load_dataset(sim_take.parents[1], cache=False).takes[0]
