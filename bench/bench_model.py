@@ -15,7 +15,9 @@ default DIR/model when it exists). The test subjects are the student's own held-
     over the intact MAE, for the student (PyTorch, and int8 when exported).
 (c) Per-frame latency, one window at a time on one thread, teacher and student measured in turn
     in the same loop (so both see the same machine load); the ratio is the figure to read.
-(d) Size: parameters, multiply-accumulates per frame, file sizes.
+(d) The teacher's MAE by initial-noise scale (temperature) and DDIM steps on the validation
+    subjects, where its defaults were chosen.
+(e) Size: parameters, multiply-accumulates per frame, file sizes.
 
 Run: ``.venv/bin/python bench/bench_model.py --runs /tmp/runs [--data DIR] [--windows 6000] [--json]``
 Every accuracy figure here is on SIMULATED data.
@@ -89,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
               "--out RUNS/student --teacher RUNS/teacher/best.pt` (docs/model.md, \"Training\")")
         return 0
     model_dir = Path(args.model_dir) if args.model_dir else (runs / "model" if runs and (runs / "model").is_dir() else None)
+    if model_dir is not None and not (model_dir / "model.json").is_file():
+        print(f"(no exported model in {model_dir}: TFLite rows left out)", file=sys.stderr)
+        model_dir = None
 
     s_ck, t_ck = load_checkpoint(s_path, kind="student"), load_checkpoint(t_path, kind="teacher")
     student, teacher = build_model(s_ck), build_model(t_ck)
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         preds["teacher encoder regression (stage 1 head)"] = batched(
             lambda x: teacher.regress(torch.from_numpy(x)).numpy())
-    steps = int(t_ck["arch"]["sampling_steps"])
+    steps = teacher.sampling_steps
     preds[f"teacher (DDIM {steps} steps)"] = predict(teacher, test, idx)
     preds["student float32 (PyTorch)"] = predict(student, test, idx)
     exported: dict[str, Any] = {}
@@ -145,6 +150,21 @@ def main(argv: list[str] | None = None) -> int:
            ["model", "MAE", "vs ridge", "vs teacher"],
            [[k, v, f"{100 * (v / r0 - 1):+.1f}%", f"{100 * (v / t_mae - 1):+.1f}%"] for k, v in mae.items()])
     report["mae"] = mae
+    from imusic.arkit import BLENDSHAPES
+
+    s_err = np.abs(preds["student float32 (PyTorch)"] - y).mean(axis=0)
+    r_err = np.abs(preds["ridge (baseline)"] - y).mean(axis=0)
+    t_err = np.abs(preds[f"teacher (DDIM {steps} steps)"] - y).mean(axis=0)
+    median_err = np.abs(np.median(y, axis=0) - y).mean(axis=0)  # a constant per shape (test median)
+    worst = np.argsort(-s_err)[:10]
+    gaze = [i for i, n in enumerate(BLENDSHAPES) if n.startswith("eyeLook")]
+    _table("    the student's 10 largest per-blendshape errors (share: of the student's overall MAE)",
+           ["blendshape", "student", "teacher", "ridge", "test median", "share"],
+           [[BLENDSHAPES[i], float(s_err[i]), float(t_err[i]), float(r_err[i]), float(median_err[i]),
+             f"{100 * s_err[i] / s_err.sum():.1f}%"] for i in worst])
+    print(f"    eye-gaze shapes (eyeLook*, 8 of 52): {100 * s_err[gaze].sum() / s_err.sum():.0f}% of the student's "
+          f"MAE; the other 44 shapes average {float(np.delete(s_err, gaze).mean()):.4f}")
+    report["student_mae_by_blendshape"] = {BLENDSHAPES[i]: float(s_err[i]) for i in range(len(BLENDSHAPES))}
 
     # (b) one IMU missing
     subjects_rows = []
@@ -194,11 +214,28 @@ def main(argv: list[str] | None = None) -> int:
                 timers[f"student {prec} TFLite"].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) * 1e3 for k, v in timers.items()}
     _table(f"(c) per-frame latency, one window at a time, 1 thread, {len(x_all)} frames each, interleaved "
-           f"(teacher: DDIM {steps} steps)", ["model", "median ms", "teacher / this"],
+           f"(teacher: DDIM {steps} steps, initial noise x {teacher.temperature:g})", ["model", "median ms", "teacher / this"],
            [[k, f"{v:.3f}", f"{med['teacher'] / v:.1f}x"] for k, v in med.items()])
     report["latency_ms_median"] = med
 
-    # (d) size
+    # (d) the teacher's sampling settings, on the VALIDATION subjects (where they were chosen)
+    val = Windows(ds.takes_of(split["val"]), WINDOW_FRAMES, mean, std)
+    vidx = _spread(len(val), min(args.windows, 2000))
+    yv = targets(val, vidx)
+    grid_rows = []
+    xv = torch.from_numpy(val.batch(vidx)[0])
+    for temp in (0.0, 0.5, 1.0):
+        row: list[Any] = [f"{temp:g}"]
+        for n in (1, 4, 10):
+            with torch.no_grad():
+                pv = teacher.sample(xv, steps=n, generator=torch.Generator().manual_seed(0), temperature=temp)[:, -1]
+            row.append(float(np.abs(pv.numpy() - yv).mean()))
+        grid_rows.append(row)
+    _table(f"(d) teacher MAE by initial-noise scale and DDIM steps, validation subjects {', '.join(split['val'])} "
+           f"({len(vidx)} windows)", ["x_T scale", "1 step", "4 steps", "10 steps"], grid_rows)
+    report["teacher_sampling_val"] = grid_rows
+
+    # (e) size
     size_rows = [["teacher (PyTorch)", sum(p.numel() for p in teacher.parameters()), "-",
                   f"{Path(t_ck['_path']).stat().st_size / 1e6:.2f} MB (checkpoint)"],
                  ["student (PyTorch)", sum(p.numel() for p in student.parameters()), student.macs(),
@@ -207,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         for f in sorted(model_dir.iterdir()):
             if f.suffix in (".tflite", ".onnx"):
                 size_rows.append([f.name, "", "", f"{f.stat().st_size / 1e6:.3f} MB"])
-    _table("(d) size", ["model", "parameters", "MACs per frame", "size"], size_rows)
+    _table("(e) size", ["model", "parameters", "MACs per frame", "size"], size_rows)
     report["student_macs"] = student.macs()
     report["student_params"] = sum(p.numel() for p in student.parameters())
     print(f"\nAll accuracy figures: {simulated} data ({args.data}), held-out subjects.")

@@ -160,7 +160,7 @@ def test_teacher_two_stages_and_ddim(sim_dir: Path, tmp_path: Path) -> None:
     cache = s_out / "teacher_targets.npz"
     stamp = cache.stat().st_mtime_ns
     distilled = load_checkpoint(s_out / "best.pt")
-    assert distilled["spec"]["training"]["distilled_from"]["weight"] == 0.5
+    assert distilled["spec"]["training"]["distilled_from"]["weight"] == 0.25
     run(TrainConfig(kind="student", data=str(sim_dir), out=str(s_out), epochs=2, teacher=str(tmp_path / "t"),
                     resume=True, **SMALL))
     assert cache.stat().st_mtime_ns == stamp

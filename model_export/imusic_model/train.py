@@ -78,7 +78,7 @@ class TrainConfig:
     max_windows: int | None = None
     val_windows: int = 4096
     teacher: str | None = None  # student: distil from this teacher checkpoint
-    distill_weight: float = 0.5  # student: share of the loss on the teacher's outputs
+    distill_weight: float = 0.25  # student: share of the loss on the teacher's outputs (chosen on validation)
     teacher_steps: int | None = None  # DDIM steps for the teacher's outputs (default: the teacher's)
     imu_dropout: float = 0.3  # student: probability a window loses one face site (teacher: a third of it)
     augment_deg: float = 10.0  # rig augmentation: each site's features turned by up to this many degrees
@@ -579,6 +579,11 @@ def run(cfg: TrainConfig) -> Path:
     y_val = targets(data.val, data.val_idx)
     calib_idx = data.train_idx[_spread(len(data.train_idx), CALIB_WINDOWS)]
     calib_x = data.train.batch(calib_idx)[0].astype(np.float32)
+    clip = getattr(model, "input_clip", None)
+    if clip is not None:
+        # the int8 input scale comes from these windows: clipped like the network clips, its 256
+        # levels span +-clip instead of the rare outliers (a +-24 range made int8 miss parity)
+        calib_x = np.clip(calib_x, -clip, clip)
 
     # -- resume ---------------------------------------------------------------------------------
     fp = _fingerprint(cfg)

@@ -34,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-windows", default=None, help="training windows used (a seeded subset; default by kind)")
     p.add_argument("--val-windows", default="4096", help="validation windows scored each epoch (default 4096)")
     p.add_argument("--teacher", default=None, help="student: distil from this teacher checkpoint (its best.pt)")
-    p.add_argument("--distill-weight", default="0.5",
-                   help="student: share of the loss on the teacher's outputs, the rest on the truth (default 0.5)")
+    p.add_argument("--distill-weight", default="0.25",
+                   help="student: share of the loss on the teacher's outputs, the rest on the truth (default 0.25)")
     p.add_argument("--teacher-steps", default=None, help="student: DDIM steps of the teacher's outputs (default its own)")
     p.add_argument("--imu-dropout", default="0.3", help="probability a training window loses one IMU (default 0.3)")
     p.add_argument("--finetune", action="store_true", help="student: fine-tune --from MODEL on --data")
