@@ -352,6 +352,18 @@ def test_apply_block_math_and_nan(tmp_path: Path) -> None:
     frame = cap.block.frames()[2]
     assert np.allclose(cal.apply_frame(frame).accel_mps2, out.accel_mps2[2])
 
+    # given to a session and to a feature extractor, a calibration is applied once: frames it (or
+    # a copy loaded from its file) corrected pass unchanged; another calibration's are refused
+    assert cap.block.corrected_by is None and out.corrected_by is not None
+    assert out.frames()[2].corrected_by == out.corrected_by
+    again = out.frames()[2]
+    assert cal.apply_block(out) is out and cal.apply_frame(again) is again
+    other = Calibration.from_json(cal.to_json())
+    other.set_gyro(ident, np.array([0.01, 0.02, -0.02]), np.zeros(3), samples=1, temp_c=None, source="t", seconds=1)
+    with pytest.raises(UserError, match=r"already corrected by another calibration .*not two$"):
+        other.apply_block(out)
+    assert np.allclose(other.apply_block(cap.block).gyro_rads[:, 0, 2], raw[1][:, 0, 2] + 0.02)
+
 
 def test_bad_calibration_files_are_one_line_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"

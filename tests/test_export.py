@@ -217,6 +217,7 @@ _BUILT: dict[str, Any] = {}  # session cache: test_infer imports these helpers
 
 def model_spec(layout_name: str = "imusic", window: int = WINDOW) -> Any:
     from imusic.features import feature_spec
+    from imusic.infer import sha256_of
     from imusic.modelio import ModelSpec
     from imusic.placement import load_layout
 
@@ -325,6 +326,7 @@ def sim_take(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_export_writes_the_model_directory(exported_model: Path, student_checkpoint: Path) -> None:
+    from imusic.infer import sha256_of
     from imusic.modelio import ModelSpec
 
     names = {p.name for p in exported_model.iterdir()}
@@ -392,11 +394,15 @@ def test_int8_file_is_integer_inside(exported_model: Path) -> None:
             assert detail["dtype"] in (np.int8, np.int32), (op["op_name"], detail["name"], detail["dtype"])
 
 
-def test_parity_guard_refuses_a_wrong_conversion(exported_model: Path, student_checkpoint: Path) -> None:
+def test_parity_guard_refuses_a_wrong_conversion(exported_model: Path, student_checkpoint: Path,
+                                                 tmp_path: Path) -> None:
     """The check that refuses to write: the same files against a student whose weights differ a little."""
     import torch
 
-    from imusic_model.export import ExportError, build_student, check_parity, load_checkpoint
+    from imusic.infer import sha256_of
+    from imusic.modelio import ModelSpec
+    from imusic_model.export import (FILE_NAMES, INT8_MAX_ABS, INT8_MEAN_ABS, ExportError, build_student,
+                                     check_parity, export_onnx, load_checkpoint, run_onnx2tf)
 
     ckpt = load_checkpoint(student_checkpoint)
     other = build_student(ckpt)
@@ -407,9 +413,23 @@ def test_parity_guard_refuses_a_wrong_conversion(exported_model: Path, student_c
     with pytest.raises(ExportError) as info:
         check_parity(exported_model, other, held, ["float32", "int8"])
     assert "differs from PyTorch" in str(info.value) and "\n" not in str(info.value)
-    # and the true student passes the same check
+    # a wrong int8 file beside right ONNX and float32 ones: the int8 bound alone must refuse it
+    # (the perturbed student's own conversion, with int8 range calibration on the same windows)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(exported_model, mixed)
+    export_onnx(other, ModelSpec.load(mixed / "model.json"), tmp_path / "other.onnx")
+    files = run_onnx2tf(tmp_path / "other.onnx", tmp_path / "conv", np.clip(random_windows(64, 11, seed=5), -4, 4))
+    shutil.copyfile(files["int8"], mixed / FILE_NAMES["int8"])
+    meta = json.loads((mixed / "model.json").read_text())  # as a converter bug would: listed as its own
+    meta["export"]["sha256"][FILE_NAMES["int8"]] = sha256_of(mixed / FILE_NAMES["int8"])
+    (mixed / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ExportError) as info:
+        check_parity(mixed, build_student(ckpt), held, ["float32", "int8"])
+    assert str(info.value).startswith("int8 differs from PyTorch"), str(info.value)
+    # and the true student passes the same check, with int8 well inside its bounds
     parity = check_parity(exported_model, build_student(ckpt), held, ["float32", "int8"])
     assert parity["float32"]["max_abs"] <= 1e-4
+    assert parity["int8"]["mean_abs"] <= INT8_MEAN_ABS / 2 and parity["int8"]["max_abs"] <= INT8_MAX_ABS / 2
 
 
 def test_no_int8_and_force(exported_model: Path, student_checkpoint: Path, tmp_path: Path) -> None:

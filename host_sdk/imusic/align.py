@@ -40,6 +40,9 @@ class Frame:
     valid: np.ndarray  # (n_imus,) bool: accel and gyro interpolated between two valid neighbours
     sites: tuple[str, ...]  # layout site per IMU, nodes by id, then slot
     node_ids: tuple[int, ...]  # node of each IMU (parallel to ``sites``)
+    # the fingerprint of the calibration that corrected these samples (None: as the chips sent them);
+    # a calibration refuses frames another one corrected, and leaves its own alone
+    corrected_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class FrameBlock:
     valid: np.ndarray  # (m, n_imus)
     sites: tuple[str, ...]
     node_ids: tuple[int, ...]
+    corrected_by: str | None = None  # as Frame.corrected_by
 
     def __len__(self) -> int:
         return int(self.t_host_s.shape[0])
@@ -60,8 +64,8 @@ class FrameBlock:
     def frames(self) -> list[Frame]:
         t = self.t_host_s.tolist()
         a, g, m, v = self.accel_mps2, self.gyro_rads, self.mag_uT, self.valid
-        sites, node_ids = self.sites, self.node_ids
-        return [Frame(t[i], a[i], g[i], m[i], v[i], sites, node_ids) for i in range(len(t))]
+        sites, node_ids, by = self.sites, self.node_ids, self.corrected_by
+        return [Frame(t[i], a[i], g[i], m[i], v[i], sites, node_ids, by) for i in range(len(t))]
 
 
 class NodeArrays(NamedTuple):

@@ -480,8 +480,10 @@ class BlendshapeStream:
 
     layout: a layout name or ``imusic.placement.Layout``; it must be the model's (same sites in the
     same order, same head reference); features are computed with the settings the model was
-    trained with. calibration: the rig's ``Calibration`` (or a path to its file), or None. Frames
-    must come at the model's rate (``model.spec.rate_hz``)."""
+    trained with. calibration: the rig's ``Calibration`` (or a path to its file), or None; frames a
+    Session already corrected with the same calibration pass uncorrected a second time, frames
+    another calibration corrected are refused. Frames must come at the model's rate
+    (``model.spec.rate_hz``)."""
 
     def __init__(self, model: Model, layout: str | Layout, calibration: Calibration | str | Path | None = None) -> None:
         from imusic.data import settings_from_dict

@@ -46,16 +46,18 @@ from imusic.errors import UserError
 from imusic.infer import METADATA_FILE, load_model, sha256_of
 from imusic.modelio import INPUT_NAME, OUTPUT_NAME, ModelSpec, ModelSpecError
 
-__all__ = ["EXPORT_INSTALL", "FILE_NAMES", "FLOAT32_MAX_ABS", "INT8_MAX_ABS", "OPSET", "ExportError",
+__all__ = ["EXPORT_INSTALL", "FILE_NAMES", "FLOAT32_MAX_ABS", "INT8_MAX_ABS", "INT8_MEAN_ABS", "OPSET", "ExportError",
            "ExportReport", "export_checkpoint", "load_checkpoint", "run_onnx2tf"]
 
 OPSET = 17
 # TFLite float32 against PyTorch: the same arithmetic in another order (measured ~1e-7).
 FLOAT32_MAX_ABS = 1e-4
-# int8 against PyTorch, in blendshape units (0-1). A correct full-int8 conversion of the student
-# lands at a few output LSB (scale ~1/255 over the 0-1 range, 0.004 each: 2-4 LSB measured);
-# the converter bugs this is here for (onnxsim 0.8.1) gave 0.08-0.23.
-INT8_MAX_ABS = 0.05
+# int8 against PyTorch, in blendshape units (0-1; one output LSB is ~0.004). Quantisation error is
+# small on average but has a tail: trainings of the student measured a mean of 0.2-0.3 LSB and a
+# worst window of 7-13 LSB (0.026-0.049). A conversion bug moves most outputs (the onnxsim 0.8.1
+# one gave a worst of 0.08-0.23), so the mean is what is bounded tightly and the worst case loosely.
+INT8_MEAN_ABS = 0.005
+INT8_MAX_ABS = 0.15
 FILE_NAMES = {"float32": "model-float32.tflite", "int8": "model-int8.tflite", "onnx": "model.onnx"}
 RIDGE_FILE = "ridge.npz"
 EXPORT_INSTALL = "pip install 'imusic[export]' then pip install --no-deps tf-keras==2.21.0 onnx2tf==1.29.24"
@@ -281,6 +283,9 @@ def check_parity(stage: Path, model: Any, held: np.ndarray, precisions: list[str
         if err["max_abs"] > bounds[name]:
             raise ExportError(f"{name} differs from PyTorch by up to {err['max_abs']:.3g} on {len(held)} held-out "
                               f"windows (bound {bounds[name]:g}): conversion is wrong, nothing written")
+    if "int8" in parity and parity["int8"]["mean_abs"] > INT8_MEAN_ABS:
+        raise ExportError(f"int8 differs from PyTorch by {parity['int8']['mean_abs']:.3g} on average over "
+                          f"{len(held)} held-out windows (bound {INT8_MEAN_ABS:g}): conversion is wrong, nothing written")
     return parity
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -133,6 +134,17 @@ class _Correction:
     mag_offset: np.ndarray
     mag_matrix: np.ndarray
     identity: bool  # nothing to do
+    fingerprint: str = ""  # set by seal()
+
+    def seal(self) -> _Correction:
+        """Name these numbers: frames corrected by them carry it (``Frame.corrected_by``), so two
+        copies of one calibration (the same file loaded twice) are told from different ones."""
+        h = hashlib.sha256()
+        for arr in (self.accel_offset, self.accel_matrix, self.gyro_bias, self.gyro_matrix, self.gyro_offset,
+                    self.mag_offset, self.mag_matrix):
+            h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
+        self.fingerprint = h.hexdigest()[:16]
+        return self
 
 
 @dataclass
@@ -331,7 +343,7 @@ class Calibration:
                 corr.identity = False
         if len(self._cache) > 16:
             self._cache.clear()
-        self._cache[(sites, node_ids)] = corr
+        self._cache[(sites, node_ids)] = corr.seal()
         return corr
 
     # ---- applying
@@ -352,13 +364,24 @@ class Calibration:
         return self._apply(block)
 
     def _apply(self, x: _FramesT) -> _FramesT:
-        """A Frame or FrameBlock with corrected (read-only) arrays; the same object if nothing applies."""
-        if self._correction(x.sites, x.node_ids).identity:
+        """A Frame or FrameBlock with corrected (read-only) arrays; the same object if nothing applies.
+
+        Frames this calibration (or an identical copy) already corrected pass unchanged, so a
+        calibration given both to a Session and to a feature extractor is applied once; frames
+        another calibration corrected are refused (UserError)."""
+        c = self._correction(x.sites, x.node_ids)
+        if c.identity:
             return x
+        fp = c.fingerprint
+        if x.corrected_by is not None:
+            if x.corrected_by == fp:
+                return x
+            raise UserError(f"these frames were already corrected by another calibration ({x.corrected_by}, this one is "
+                            f"{fp}): give one calibration to the session or to the feature extractor, not two")
         a, g, m = self.apply_arrays(x.accel_mps2, x.gyro_rads, x.mag_uT, x.sites, x.node_ids)
         for arr in (a, g, m):
             arr.flags.writeable = False
-        return dataclasses.replace(x, accel_mps2=a, gyro_rads=g, mag_uT=m)
+        return dataclasses.replace(x, accel_mps2=a, gyro_rads=g, mag_uT=m, corrected_by=fp)
 
     # ---- files
 

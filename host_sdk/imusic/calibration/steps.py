@@ -73,7 +73,7 @@ class Capture:
         keep = (rel >= start_s) & (rel < stop_s)
         b = self.block
         block = FrameBlock(t[keep], b.accel_mps2[keep], b.gyro_rads[keep], b.mag_uT[keep], b.valid[keep],
-                           b.sites, b.node_ids)
+                           b.sites, b.node_ids, b.corrected_by)
         return Capture(block, self.hellos, self.temps_c, self.drift_ppm, self.clock_points, self.source, self.rate_hz)
 
 
@@ -88,7 +88,7 @@ def _stack(frames: Sequence[Frame], source: str) -> FrameBlock:
     same = [f for f in frames if f.sites == last.sites and f.node_ids == last.node_ids]
     return FrameBlock(np.array([f.t_host_s for f in same]), np.stack([f.accel_mps2 for f in same]),
                       np.stack([f.gyro_rads for f in same]), np.stack([f.mag_uT for f in same]),
-                      np.stack([f.valid for f in same]), last.sites, last.node_ids)
+                      np.stack([f.valid for f in same]), last.sites, last.node_ids, last.corrected_by)
 
 
 def capture_session(urls: Sequence[str], seconds: float, *, rate_hz: float = 60.0,
