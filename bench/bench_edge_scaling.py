@@ -8,6 +8,9 @@ own ONNX -> onnx2tf path to float32, full int8 with float input/output (what shi
 with int8 input/output, and counts guest instructions per ``invoke()`` under emulation exactly as
 ``imusic edge-check`` does (median over the windows, first invoke excluded, bracket cost removed).
 
+For the shipped size it also counts LiteRT's built-in kernels (no XNNPACK delegate), the other
+way the same files can run.
+
 Read the "per MAC" rows: the slope between the smallest and the largest model is the kernels' cost
 per multiply-accumulate, free of the fixed per-invoke work. Their ratio is where the int8 / float32
 ratio goes as a model grows.
@@ -86,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
                         raise UserError(f"{prec} width {model.width} on {cpu}: outputs differ from x86 or ops fell "
                                         f"back ({r['xnnpack']['fallback_ops']})")
                     row[f"{cpu}/{prec}"] = float(r["instructions"]["per_frame"])
+                if not arch:  # the shipped size: LiteRT's built-in kernels instead of XNNPACK too
+                    for prec in ("float32", "int8"):
+                        r = check_precision(guest, prec, files[prec], x, work, lambda _m: None, empty_brackets=8,
+                                            kernels="builtin")
+                        if not r["ok"]:
+                            raise UserError(f"{prec} on built-in kernels on {cpu}: outputs differ from x86")
+                        row[f"{cpu}/{prec}/builtin"] = float(r["instructions"]["per_frame"])
             rows.append(row)
             print(f"  width {model.width}: done", file=sys.stderr, flush=True)
 
@@ -109,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         f, i, io = ((large[f"{cpu}/{p}"] - small[f"{cpu}/{p}"]) / d_macs for p in PRECISIONS)
         line += f" | {f:>16.3f} {i:>9.3f} {io:>9.3f} {i / f:>5.2f} {io / f:>5.2f}"
     print(line)
+    shipped = rows[1]
+    print(f"\nthe shipped size on LiteRT's built-in kernels (no XNNPACK delegate), instructions per invoke:")
+    for cpu in cpus:
+        f, i = shipped[f"{cpu}/float32/builtin"], shipped[f"{cpu}/int8/builtin"]
+        print(f"  {cpu}: float32 {f:,.0f}, int8 {i:,.0f} (XNNPACK: {shipped[f'{cpu}/float32']:,.0f} and "
+              f"{shipped[f'{cpu}/int8']:,.0f})")
     if args.json:
         print(json.dumps(rows, indent=1))
     return 0

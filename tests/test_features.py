@@ -244,7 +244,7 @@ def test_features_of_block_is_the_update_loop(layout, moving):
 
 
 def test_version_and_spec(layout):
-    assert FEATURE_VERSION == 4 and FEATURES_PER_SITE == 9 == len(FEATURE_NAMES)
+    assert FEATURE_VERSION == 5 and FEATURES_PER_SITE == 9 == len(FEATURE_NAMES)
     spec = feature_spec(layout, RATE_HZ)
     assert spec["feature_version"] == FEATURE_VERSION
     assert spec["layout"] == layout.name and spec["head_reference"] == layout.head_reference
@@ -284,6 +284,39 @@ def test_calibrated_neutral_is_used_without_capture(layout):
                       source="test", seconds=1.0)
     with pytest.raises(UserError, match="neutral"):
         FeatureExtractor(layout, other)
+
+
+def test_relative_heading_is_held_when_the_take_starts_off_neutral(layout):
+    """A face already off its calibrated neutral on the first frame (a held smile), turned about the
+    vertical: the filter starts at the neutral, the accelerometers cannot see a heading, and without
+    the gyro heading hold the error stays and leaks the head's rate into rel_rate."""
+    from imusic.calibration import Calibration
+    from imusic.orientation import matrix_to_quat
+
+    cal = Calibration()
+    R_H_ref = nominal_R_head_sensor(layout.site(layout.head_reference).normal)
+    for s in layout.face_sites:
+        q = matrix_to_quat(R_H_ref.T @ nominal_R_head_sensor(layout.site(s).normal))
+        cal.set_neutral(s, q, head_reference=layout.head_reference, source="test", seconds=1.0)
+    site = layout.face_sites[2]
+    held = Rotation.from_rotvec([0.0, 0.0, 0.03]).as_matrix()  # 0.03 rad about the head's vertical
+
+    def rot(t):
+        return np.broadcast_to(held, (len(t), 3, 3))
+
+    block = rigid_block(layout, 16.0, site_rot={site: rot})
+    k = layout.face_sites.index(site)
+    expect = Rotation.from_matrix(nominal_R_head_sensor(layout.site(site).normal).T @ held
+                                  @ nominal_R_head_sensor(layout.site(site).normal)).as_rotvec()
+    late = block.t_host_s > 10.0
+    errs = {}
+    for name, settings in (("held", FeatureSettings()), ("off", FeatureSettings(heading_gain=0.0))):
+        feats, valid = features_of_block(block, layout, cal, settings=settings)
+        assert valid[late, k].all()
+        errs[name] = (_rms(feats[late, k, 0:3] - expect), _rms(feats[late, k, 3:6]))
+    assert errs["off"][0] > 0.01  # the heading part of the held pose was never seen
+    assert errs["held"][0] < errs["off"][0] / 4, errs
+    assert errs["held"][1] < errs["off"][1] / 2, errs  # and the head's rate no longer leaks
 
 
 # --- emulated end to end: the real firmware through the simulator, known truth ------------------
@@ -396,7 +429,7 @@ def test_tracked_bias_keeps_a_warming_gyro_from_turning_the_heading(layout):
     k = layout.face_sites.index(site)
     late = slice(int(60 * RATE_HZ), None)
     tracked, ok_t = features_of_block(warm, layout)
-    untracked, ok_u = features_of_block(warm, layout, settings=FeatureSettings(track_bias=False))
+    untracked, ok_u = features_of_block(warm, layout, settings=FeatureSettings(track_bias=False, heading_gain=0.0))
     drift_untracked = _rms(untracked[late, k, 0:3][ok_u[late, k]])
     drift_tracked = _rms(tracked[late, k, 0:3][ok_t[late, k]])
     assert drift_untracked > 0.02  # radians: the heading ran away

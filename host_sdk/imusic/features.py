@@ -44,7 +44,7 @@ __all__ = [
     "nominal_R_head_sensor",
 ]
 
-FEATURE_VERSION = 4
+FEATURE_VERSION = 5
 FEATURE_NAMES: tuple[str, ...] = (
     "rel_rot_x_rad", "rel_rot_y_rad", "rel_rot_z_rad",
     "rel_rate_x_rads", "rel_rate_y_rads", "rel_rate_z_rads",
@@ -142,6 +142,18 @@ class FeatureSettings:
         the head's tilt) does not hold the gate open: with a 2 s mean an uncalibrated site's drift
         showed as lin_acc, held the gate, and so drifted further (docs/features.md, item 5).
 
+    heading_gain: hold each site's relative heading (its rotation about gravity, which no
+        accelerometer sees) with the gyros, per second; 0 turns it off. A relative orientation off
+        by delta shows in rel_rate as delta x u, with u the head's rate in the site's axes. On
+        frames where the site's rel_rate is below ``heading_quiet_rads`` (no fast facial motion
+        there), the part of that about gravity is taken out with gain ``heading_gain`` / s,
+        normalised by |u|^2 + ``heading_u0_rads``^2 (a steady correction rate for turns faster
+        than u0, none while the head is still). Why: a face that is not neutral when a take
+        starts (an idle smile) starts each filter at the calibrated neutral, and the accelerometers
+        correct only the tilt; the heading difference stayed for the whole take and leaked the
+        head's pitch rate into rel_rate (docs/features.md, version 5). Heading errors larger than
+        the quiet threshold over the head's rate are left alone (no correction from those frames).
+
     The gyro's gain and cross-axis error relative to the head reference's, and the accelerometer's
     rotation relative to its gyro, are the calibration's neutral step (docs/calibration.md): with
     them, a neutral face gives features at the sensor noise through head motion. (An online gain
@@ -169,6 +181,9 @@ class FeatureSettings:
     track_accel_along_gravity: bool = True
     facial_accel_gate_mps2: float | None = 0.2
     facial_accel_mean_s: float = 0.25
+    heading_gain: float = 1.5
+    heading_quiet_rads: float = 0.02
+    heading_u0_rads: float = 0.3
 
     def to_dict(self) -> dict[str, Any]:
         return {"orientation": self.orientation.to_dict(), "max_gap_s": self.max_gap_s,
@@ -184,7 +199,8 @@ class FeatureSettings:
                 "track_quiet_mps2": self.track_quiet_mps2,
                 "track_accel_along_gravity": self.track_accel_along_gravity,
                 "facial_accel_gate_mps2": self.facial_accel_gate_mps2,
-                "facial_accel_mean_s": self.facial_accel_mean_s}
+                "facial_accel_mean_s": self.facial_accel_mean_s, "heading_gain": self.heading_gain,
+                "heading_quiet_rads": self.heading_quiet_rads, "heading_u0_rads": self.heading_u0_rads}
 
 
 def nominal_R_head_sensor(normal: np.ndarray) -> np.ndarray:
@@ -499,6 +515,8 @@ class FeatureExtractor:
         lin_acc = np.einsum("nji,nj->ni", rest_R, diff - self._arm_m[ks] @ K.T)
         if self.settings.track_bias:
             self._track_bias(ks, rel_rate, lin_acc, R_rel, rest_R)
+        if self.settings.heading_gain > 0:
+            self._hold_heading(ks, rel_rate, R_rel, omega_r, R_ref, q_ref_conj)
         smooth = min(1.0, 1.0 / (self.settings.facial_accel_mean_s * self.rate_hz))  # what is left after it is the face
         for j, k in enumerate(ks):
             st = self._sites[int(k)]
@@ -546,6 +564,28 @@ class FeatureExtractor:
                 assert self._q_rest is not None
                 self._q_rest[follow] = _quats_of_matrices(self._rest_R[follow])
         return R_new
+
+    def _hold_heading(self, ks: np.ndarray, rel_rate: np.ndarray, R_rel: np.ndarray, omega_r: np.ndarray,
+                      R_ref: np.ndarray, q_ref_conj: np.ndarray) -> None:
+        """Turn each quiet site's filter about gravity against the heading error its rel_rate
+        shows (see ``FeatureSettings.heading_gain``); takes effect from the next frame."""
+        s = self.settings
+        quiet = np.flatnonzero(np.linalg.norm(rel_rate, axis=1) < s.heading_quiet_rads)
+        if not len(quiet):
+            return
+        u = np.einsum("nji,j->ni", R_rel[quiet], omega_r)  # the head's rate in the site's axes
+        up = np.einsum("nji,j->ni", R_rel[quiet], R_ref[2])  # world up in the site's axes
+        # an error delta gives rel_rate = true + delta x u, so (u x rel_rate) . up ~ (delta . up) |u|^2
+        # for a head turning about a horizontal axis (a turn about gravity says nothing of it)
+        err = np.einsum("ni,ni->n", np.cross(u, rel_rate[quiet]), up) / (
+            np.einsum("ni,ni->n", u, u) + s.heading_u0_rads ** 2)
+        dq = _quats_of_rotvecs(-(s.heading_gain / self.rate_hz) * err[:, None] * up)
+        for j, k in enumerate(ks[quiet]):
+            st = self._sites[int(k)]
+            assert st.q is not None
+            st.filt.set_quaternion(quat_multiply(st.q, dq[j]))
+            st.q = st.filt.quaternion()
+            st.q_rel_last = quat_multiply(q_ref_conj, st.q)
 
     def _track_bias(self, ks: np.ndarray, rel_rate: np.ndarray, lin_acc: np.ndarray, R_rel: np.ndarray,
                     rest_R: np.ndarray) -> None:

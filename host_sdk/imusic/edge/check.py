@@ -274,18 +274,20 @@ def _pypath_dir(workdir: Path) -> Path:
 
 
 def check_precision(env: Guest, precision: str, path: Path, x: np.ndarray, workdir: Path,
-                    log: Log, empty_brackets: int = 16) -> dict[str, Any]:
+                    log: Log, empty_brackets: int = 16, kernels: str = "xnnpack") -> dict[str, Any]:
+    """One model file on both machines with the same ``kernels`` (guest.KERNELS): outputs compared,
+    guest instructions per invoke, XNNPACK partitions."""
     interp = guest_side.open_interpreter(str(path))
     shape = tuple(int(s) for s in interp.get_input_details()[0]["shape"])
     if tuple(x.shape[1:]) != shape[1:]:
         raise EdgeError(f"{path.name} takes input {shape}, the windows are {tuple(x.shape[1:])} per row")
     x_model = guest_side.model_input(interp, x)
-    x86 = guest_side.run_windows(str(path), x_model)
+    x86 = guest_side.run_windows(str(path), x_model, kernels=kernels)
     tag = f"{precision}-{os.getpid()}"
     inputs = workdir / f"in-{tag}.npz"
     np.savez(inputs, x=x_model)
     req = {"mode": "windows", "model": str(path.resolve()), "inputs": str(inputs), "marks": True,
-           "empty_brackets": empty_brackets, "out": str(workdir / f"out-{tag}.npz"),
+           "empty_brackets": empty_brackets, "kernels": kernels, "out": str(workdir / f"out-{tag}.npz"),
            "info": str(workdir / f"info-{tag}.json")}
     req_path = workdir / f"req-{tag}.json"
     req_path.write_text(json.dumps(req))

@@ -230,14 +230,15 @@ def run_stream(model_dir: str, precision: str, recording: str, *, max_frames: in
 
 def main(argv: list[str]) -> int:
     """Guest entry: ``guest.py REQUEST.json``; writes the request's ``out`` (.npz) and ``info``
-    (.json). Request: {"mode": "windows", "model": path, "inputs": npz with "x", "empty_brackets"}
+    (.json). Request: {"mode": "windows", "model": path, "inputs": npz with "x", "empty_brackets",
+    "kernels" (default "xnnpack")}
     or {"mode": "stream", "model_dir", "precision", "recording"}; "marks": bool."""
     with open(argv[1]) as f:
         req = json.load(f)
     if req["mode"] == "windows":
         x = np.load(req["inputs"])["x"]
         res = run_windows(req["model"], x, marks=req.get("marks", False),
-                          empty_brackets=int(req.get("empty_brackets", 0)))
+                          empty_brackets=int(req.get("empty_brackets", 0)), kernels=req.get("kernels", "xnnpack"))
         np.savez(req["out"], raw=res.pop("raw"))
     elif req["mode"] == "stream":
         res = run_stream(req["model_dir"], req["precision"], req["recording"], max_frames=req.get("max_frames"),
