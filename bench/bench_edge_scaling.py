@@ -35,10 +35,11 @@ from imusic.errors import UserError
 WINDOW_FRAMES, CHANNELS = 48, 110  # the imusic layout's model input (11 face sites)
 SIZES: tuple[dict[str, Any], ...] = (
     {"width": 32, "head_hidden": 32, "dilations": [1]},
-    {},  # the shipped architecture (Student's defaults)
+    {},  # the shipped architecture (Student's defaults): SIZES[SHIPPED]
     {"width": 128},
     {"width": 256, "head_hidden": 256},
 )
+SHIPPED = 1
 PRECISIONS = ("float32", "int8", "int8_io")
 
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                         raise UserError(f"{prec} width {model.width} on {cpu}: outputs differ from x86 or ops fell "
                                         f"back ({r['xnnpack']['fallback_ops']})")
                     row[f"{cpu}/{prec}"] = float(r["instructions"]["per_frame"])
-                if not arch:  # the shipped size: LiteRT's built-in kernels instead of XNNPACK too
+                if n == SHIPPED:  # LiteRT's built-in kernels instead of XNNPACK too
                     for prec in ("float32", "int8"):
                         r = check_precision(guest, prec, files[prec], x, work, lambda _m: None, empty_brackets=8,
                                             kernels="builtin")
@@ -119,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         f, i, io = ((large[f"{cpu}/{p}"] - small[f"{cpu}/{p}"]) / d_macs for p in PRECISIONS)
         line += f" | {f:>16.3f} {i:>9.3f} {io:>9.3f} {i / f:>5.2f} {io / f:>5.2f}"
     print(line)
-    shipped = rows[1]
-    print(f"\nthe shipped size on LiteRT's built-in kernels (no XNNPACK delegate), instructions per invoke:")
+    shipped = rows[SHIPPED]
+    print("\nthe shipped size on LiteRT's built-in kernels (no XNNPACK delegate), instructions per invoke:")
     for cpu in cpus:
         f, i = shipped[f"{cpu}/float32/builtin"], shipped[f"{cpu}/int8/builtin"]
         print(f"  {cpu}: float32 {f:,.0f}, int8 {i:,.0f} (XNNPACK: {shipped[f'{cpu}/float32']:,.0f} and "
