@@ -43,6 +43,22 @@ def test_every_step_meets_its_target_against_the_truth(rig: tuple[Path, dict[str
     assert max(gyro_truth) > 10 * 0.05
 
 
+def test_neutral_step_fits_each_face_sites_lever_arm(rig: tuple[Path, dict[str, Any]]) -> None:
+    out, report = rig
+    rows = [r for r in report["results"] if r["step"] == "neutral"]
+    assert len(rows) == 11
+    fitted = np.array([r["lever_arm_error_mm"] for r in rows])
+    catalogue = np.array([r["catalogue_lever_arm_error_mm"] for r in rows])
+    # the rigid-body fit of the neutral capture finds where each IMU sits on this face (the subject's
+    # face size and each IMU's placement error) to about a millimetre, the catalogue to several
+    assert fitted.max() < 2.0, fitted
+    assert fitted.mean() < 0.5 * catalogue.mean(), (fitted, catalogue)
+    saved = Calibration.load(out / "calibration.json").neutral_lever_arms_m()
+    assert set(saved) == {r["site"] for r in rows}
+    for r in rows:
+        assert np.allclose(saved[r["site"]] * 1e3, r["estimate"]["lever_arm_mm"], atol=0.01)
+
+
 def test_a_session_applies_the_calibration_to_a_replay_and_refuses_another_rig(
         rig: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     out, _ = rig

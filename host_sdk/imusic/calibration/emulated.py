@@ -246,8 +246,23 @@ def _clock(take: _Take, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _neutral(take: _Take, rows: list[dict[str, Any]], head_reference: str) -> list[dict[str, Any]]:
     from scipy.spatial.transform import Rotation
 
+    from imusic.placement import load_layout
+    from imusic.sim.face import FaceModel, FaceShape, nominal_mount_frame
+
     q = take.npz["q_world_sensor"]  # (N, n, 4) w x y z
     ref = take.column(head_reference)
+    # true lever arms: each IMU's rest position on this subject's face (catalogue position plus its
+    # placement error, scaled by the face) from the reference's, in the reference's true axes
+    layout = load_layout(str(take.truth["layout"]))
+    face = FaceModel(FaceShape(**take.truth["subject"]["face_shape"]))
+
+    def rest_mm(site: str) -> np.ndarray:
+        canonical = np.asarray(layout.site(site).position_mm, dtype=np.float64)
+        return face.rest_position_mm(canonical + np.asarray(take.errors(site)["placement_offset_mm"]))
+
+    ref_site = layout.site(head_reference)  # on bone: its mounting is its whole orientation in H
+    R_H_ref = (nominal_mount_frame(np.asarray(ref_site.normal, dtype=np.float64)[None])[0]
+               @ np.asarray(take.errors(head_reference)["mount_R_nominal_sensor"], dtype=np.float64))
     out = []
     for row in rows:
         col = take.column(row["site"])
@@ -261,10 +276,17 @@ def _neutral(take: _Take, rows: list[dict[str, Any]], head_reference: str) -> li
         est = quat_to_matrix(np.asarray(row["estimate"]["q_ref_sensor"]))
         err = float(np.degrees(np.linalg.norm(Rotation.from_matrix(truth.T @ est).as_rotvec())))
         tq = Rotation.from_matrix(truth).as_quat()
-        out.append(_row("neutral", row["imu"], row["site"], {"q_ref_sensor": _r(row["estimate"]["q_ref_sensor"])},
+        arm_mm = R_H_ref.T @ (rest_mm(row["site"]) - rest_mm(head_reference))
+        arm_est = np.asarray(row["estimate"]["lever_arm_mm"])
+        nominal_mm = R_H_ref.T @ (np.asarray(layout.site(row["site"]).position_mm, dtype=np.float64)
+                                  - np.asarray(layout.site(head_reference).position_mm, dtype=np.float64))
+        out.append(_row("neutral", row["imu"], row["site"],
+                        {"q_ref_sensor": _r(row["estimate"]["q_ref_sensor"]), "lever_arm_mm": _r(arm_est, 2)},
                         {"q_ref_sensor": _r([tq[3], tq[0], tq[1], tq[2]] if tq[3] >= 0 else
-                                            [-tq[3], -tq[0], -tq[1], -tq[2]])}, err,
-                        head_reference=head_reference))
+                                            [-tq[3], -tq[0], -tq[1], -tq[2]]), "lever_arm_mm": _r(arm_mm, 2)}, err,
+                        head_reference=head_reference,
+                        lever_arm_error_mm=round(float(np.linalg.norm(arm_est - arm_mm)), 3),
+                        catalogue_lever_arm_error_mm=round(float(np.linalg.norm(nominal_mm - arm_mm)), 3)))
     return out
 
 

@@ -237,12 +237,17 @@ class Calibration:
                 np.asarray(entry.get("offset_rads", (0.0, 0.0, 0.0)), dtype=np.float64))
 
     def set_neutral(self, site: str, q_ref_sensor: np.ndarray, *, head_reference: str, source: str,
-                    seconds: float, **extra: Any) -> None:
+                    seconds: float, lever_arm_m: np.ndarray | None = None, **extra: Any) -> None:
+        """The rest pose of a face site relative to the head reference and, when fitted, its lever
+        arm: where the site sits from the reference, in the reference's axes (metres; stored in mm)."""
         if self.head_reference is not None and self.head_reference != head_reference:
             self.neutral.clear()  # another head reference: the old poses are relative to something else
         self.head_reference = head_reference
-        self.neutral[site] = {"q_ref_sensor": _vec(q_ref_sensor, 4),
-                              "made": _made(source, seconds=round(seconds, 3), **extra)}
+        entry: dict[str, Any] = {"q_ref_sensor": _vec(q_ref_sensor, 4)}
+        if lever_arm_m is not None:
+            entry["lever_arm_mm"] = [round(float(v) * 1e3, 3) for v in np.asarray(lever_arm_m, dtype=np.float64)]
+        entry["made"] = _made(source, seconds=round(seconds, 3), **extra)
+        self.neutral[site] = entry
 
     # ---- reading
 
@@ -260,6 +265,12 @@ class Calibration:
 
     def neutral_quaternions(self) -> dict[str, np.ndarray]:
         return {site: np.asarray(e["q_ref_sensor"], dtype=np.float64) for site, e in self.neutral.items()}
+
+    def neutral_lever_arms_m(self) -> dict[str, np.ndarray]:
+        """Per face site with a fitted one, its lever arm from the head reference in the reference's
+        axes (m), from the neutral step's rigid-body fit (files written before it have none)."""
+        return {site: np.asarray(e["lever_arm_mm"], dtype=np.float64) * 1e-3
+                for site, e in self.neutral.items() if "lever_arm_mm" in e}
 
     def clock_drift_ppm(self, uid: str) -> float | None:
         clock = self.nodes.get(uid, {}).get("clock")
@@ -421,6 +432,8 @@ class Calibration:
             for site, e in cal.neutral.items():
                 if np.asarray(e["q_ref_sensor"], dtype=np.float64).shape != (4,):
                     raise ValueError(f"neutral {site}")
+                if "lever_arm_mm" in e and np.asarray(e["lever_arm_mm"], dtype=np.float64).shape != (3,):
+                    raise ValueError(f"neutral {site} lever_arm_mm")
             return cal
         except CalibrationFileError:
             raise
@@ -492,6 +505,7 @@ class Calibration:
             for site, e in sorted(self.neutral.items()):
                 q = np.asarray(e["q_ref_sensor"])
                 angle = math.degrees(2 * math.acos(min(1.0, abs(float(q[0])))))
-                lines.append(f"  {site}: {angle:.1f} deg from the reference's axes")
+                arm = (f", {float(np.linalg.norm(e['lever_arm_mm'])):.1f} mm from it" if "lever_arm_mm" in e else "")
+                lines.append(f"  {site}: {angle:.1f} deg from the reference's axes{arm}")
         return lines
 

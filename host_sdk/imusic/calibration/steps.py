@@ -333,13 +333,14 @@ def _neutral(capture: Capture, cal: Calibration, head_reference: str | None
                                   "horizontal_rate_dps": fit.horizontal_rate_dps,
                                   "gyro_gain_mismatch": gain.gain_mismatch,
                                   "accel_alignment_deg": align.angle_deg,
+                                  "lever_arm_mm": [round(float(v) * 1e3, 3) for v in align.lever_arm_m],
                                   "rigid_body_rms_mps2": {"before": align.rms_before_mps2,
                                                           "after": align.rms_after_mps2},
                                   "relative_rate_rms_dps": {"before": gain.rms_before_dps,
                                                             "after": gain.rms_after_dps}}})
-        commits.append(lambda site=ident.site, q=q, fit=fit: cal.set_neutral(
-            site, q, head_reference=head_reference, source=source, seconds=seconds, method="gravity+rate vectors",
-            turning_frames=fit.rate_frames))
+        commits.append(lambda site=ident.site, q=q, fit=fit, arm=align.lever_arm_m: cal.set_neutral(
+            site, q, head_reference=head_reference, source=source, seconds=seconds, lever_arm_m=arm,
+            method="gravity+rate vectors", turning_frames=fit.rate_frames))
         commits.append(lambda ident=ident, m=total_gain, d=total_offset, g=gain: cal.set_gyro_gain(
             ident, m, d, relative_to=head_reference, source=source, seconds=seconds, turning_frames=g.frames,
             relative_rate_rms_dps=[round(g.rms_before_dps, 4), round(g.rms_after_dps, 4)]))
