@@ -44,7 +44,7 @@ __all__ = [
     "nominal_R_head_sensor",
 ]
 
-FEATURE_VERSION = 5
+FEATURE_VERSION = 6
 FEATURE_NAMES: tuple[str, ...] = (
     "rel_rot_x_rad", "rel_rot_y_rad", "rel_rot_z_rad",
     "rel_rate_x_rads", "rel_rate_y_rads", "rel_rate_z_rads",
@@ -79,7 +79,8 @@ class LayoutLike(Protocol):
 
 
 class CalibrationLike(Protocol):
-    """What the extractor needs of an ``imusic.calibration.Calibration`` (``neutral`` optional)."""
+    """What the extractor needs of an ``imusic.calibration.Calibration`` (neutral poses and lever arms
+    optional)."""
 
     def apply_frame(self, frame: Frame) -> Frame: ...
 
@@ -102,7 +103,11 @@ class FeatureSettings:
         ``bias_still_rads`` on every axis also gives every gyro's residual bias (mean reading),
         subtracted from then on.
     lever_arm_adapt: refine each lever arm by regularised least squares on the rigid-body equation
-        while the head turns (the catalogue position is the prior; faces differ in size).
+        while the head turns (the catalogue position is the prior; faces differ in size). A site
+        whose lever arm the calibration's neutral step fitted (``neutral_lever_arms_m``) uses that
+        arm as it is: the step fits it on a rigid face, to about a millimetre on the simulator,
+        while facial acceleration during a take (speech at the chin) pulled the online fit
+        centimetres off (version 6).
     lever_arm_prior_weight: weight of the prior, in units of (rad/s)^4 s of excitation.
     lever_arm_to_filter: feed each face site's filter its specific force moved to the reference
         point (docs/features.md).
@@ -321,6 +326,15 @@ class FeatureExtractor:
         self._arm_prior_m = np.array(arms).reshape(n, 3)
         self._q_rel_guess = np.array(rel_guess).reshape(n, 4)
         self._neutral = self._calibrated_neutral()
+        # lever arms the calibration's neutral step fitted on a rigid face replace the catalogue's
+        # and are not refined: speech at a site corrupts an online fit (docs/features.md, version 6)
+        self._arm_calibrated = np.zeros(n, dtype=bool)
+        getter = getattr(calibration, "neutral_lever_arms_m", None) if self._neutral is not None else None
+        fitted = getter() if callable(getter) else None
+        for k, name in enumerate(self.face_sites):
+            if isinstance(fitted, dict) and name in fitted:
+                self._arm_prior_m[k] = np.asarray(fitted[name], dtype=np.float64)
+                self._arm_calibrated[k] = True
         self._index_cache: tuple[tuple[str, ...], int, np.ndarray] | None = None
         self.reset()
 
@@ -610,7 +624,13 @@ class FeatureExtractor:
                 st.accel_bias_mps2 = st.accel_bias_mps2 + step * accel_err[j]
 
     def _adapt_arms(self, ks: np.ndarray, K: np.ndarray, diff: np.ndarray) -> None:
-        """Accumulate the normal equations of diff = K @ arm (+ facial acceleration, zero mean)."""
+        """Accumulate the normal equations of diff = K @ arm (+ facial acceleration, zero mean) of
+        the sites whose arm the calibration did not fit."""
+        refine = ~self._arm_calibrated[ks]
+        if not refine.all():
+            ks, diff = ks[refine], diff[refine]
+            if not len(ks):
+                return
         ktk = K.T @ K
         if float(np.trace(ktk)) < 1.0:  # too little rotation to say anything about the arm
             return
