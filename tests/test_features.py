@@ -71,8 +71,9 @@ def site_signals(t, pos_H_m, R_H_S, site_rot=None, **pose_kw) -> tuple[np.ndarra
     return f, np.stack([W[:, 2, 1], W[:, 0, 2], W[:, 1, 0]], -1)
 
 
-def rigid_block(layout, duration_s: float = 14.0, site_rot=None, noise: bool = False,
+def rigid_block(layout, duration_s: float = 14.0, site_rot=None, noise: bool = False, scale: float = 1.0,
                 **pose_kw) -> FrameBlock:
+    """Every IMU of ``layout`` on a rigid head (a face ``scale`` times the catalogue's size)."""
     t = np.arange(int(duration_s * RATE_HZ)) / RATE_HZ
     n = len(layout.sites)
     acc = np.zeros((len(t), n, 3))
@@ -81,7 +82,7 @@ def rigid_block(layout, duration_s: float = 14.0, site_rot=None, noise: bool = F
     for i, name in enumerate(layout.sites):
         site = layout.site(name)
         rot = None if site_rot is None else site_rot.get(name)
-        f, w = site_signals(t, np.asarray(site.position_mm) * 1e-3, nominal_R_head_sensor(site.normal), rot,
+        f, w = site_signals(t, np.asarray(site.position_mm) * 1e-3 * scale, nominal_R_head_sensor(site.normal), rot,
                             **pose_kw)
         acc[:, i] = f + (0.009 * rng.standard_normal(f.shape) if noise else 0.0)  # ~QMI8658 white noise
         gyr[:, i] = w + (0.0016 * rng.standard_normal(w.shape) if noise else 0.0)
@@ -295,16 +296,8 @@ def test_calibrated_lever_arms_replace_the_catalogues(layout):
     from imusic.orientation import matrix_to_quat
 
     scale = 1.08
-    t = np.arange(int(10.0 * RATE_HZ)) / RATE_HZ
-    n = len(layout.sites)
-    acc = np.zeros((len(t), n, 3))
-    gyr = np.zeros((len(t), n, 3))
-    for i, name in enumerate(layout.sites):
-        site = layout.site(name)
-        acc[:, i], gyr[:, i] = site_signals(t, np.asarray(site.position_mm) * 1e-3 * scale,
-                                            nominal_R_head_sensor(site.normal))
-    block = FrameBlock(t, acc, gyr, np.full_like(acc, np.nan), np.ones((len(t), n), bool),
-                       tuple(layout.sites), tuple(layout.imu(s).node_id for s in layout.sites))
+    block = rigid_block(layout, 10.0, scale=scale)
+    t = block.t_host_s
     ref = layout.site(layout.head_reference)
     R_H_ref = nominal_R_head_sensor(ref.normal)
     cals = {}
