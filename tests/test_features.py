@@ -266,16 +266,28 @@ def test_frames_without_head_reference_are_refused(layout):
         FeatureExtractor(layout).update(frame)
 
 
-def test_calibrated_neutral_is_used_without_capture(layout):
-    """A calibration with a neutral pose: features are valid from the first frame (no capture)."""
+def _nominal_calibration(layout, arm_scale: float | None = None):
+    """A calibration whose neutral poses are the catalogue's nominal mountings, with lever arms of a
+    face ``arm_scale`` times the catalogue's when given."""
     from imusic.calibration import Calibration
     from imusic.orientation import matrix_to_quat
 
     cal = Calibration()
-    R_H_ref = nominal_R_head_sensor(layout.site(layout.head_reference).normal)
+    ref = layout.site(layout.head_reference)
+    R_H_ref = nominal_R_head_sensor(ref.normal)
     for s in layout.face_sites:
         q = matrix_to_quat(R_H_ref.T @ nominal_R_head_sensor(layout.site(s).normal))
-        cal.set_neutral(s, q, head_reference=layout.head_reference, source="test", seconds=1.0)
+        arm = None if arm_scale is None else (
+            R_H_ref.T @ (np.asarray(layout.site(s).position_mm) - np.asarray(ref.position_mm)) * 1e-3 * arm_scale)
+        cal.set_neutral(s, q, head_reference=layout.head_reference, source="test", seconds=1.0, lever_arm_m=arm)
+    return cal
+
+
+def test_calibrated_neutral_is_used_without_capture(layout):
+    """A calibration with a neutral pose: features are valid from the first frame (no capture)."""
+    from imusic.calibration import Calibration
+
+    cal = _nominal_calibration(layout)
     block = rigid_block(layout, 6.0)
     feats, valid = features_of_block(block, layout, cal)
     assert valid.all()
@@ -292,23 +304,10 @@ def test_calibrated_lever_arms_replace_the_catalogues(layout):
     the truth and the rigid-body term leaves the head's angular acceleration in lin_acc. With the
     arms a calibration's neutral step fitted, lin_acc is as small as on a face of the catalogue's
     size, and those arms are used as they are, not refined during the take."""
-    from imusic.calibration import Calibration
-    from imusic.orientation import matrix_to_quat
-
     scale = 1.08
     block = rigid_block(layout, 10.0, scale=scale)
     t = block.t_host_s
-    ref = layout.site(layout.head_reference)
-    R_H_ref = nominal_R_head_sensor(ref.normal)
-    cals = {}
-    for with_arms in (False, True):
-        cal = Calibration()
-        for s in layout.face_sites:
-            q = matrix_to_quat(R_H_ref.T @ nominal_R_head_sensor(layout.site(s).normal))
-            arm = R_H_ref.T @ (np.asarray(layout.site(s).position_mm) - np.asarray(ref.position_mm)) * 1e-3 * scale
-            cal.set_neutral(s, q, head_reference=layout.head_reference, source="test", seconds=1.0,
-                            lever_arm_m=arm if with_arms else None)
-        cals[with_arms] = cal
+    cals = {False: _nominal_calibration(layout), True: _nominal_calibration(layout, arm_scale=scale)}
     late = t > 4.0
     rms = {}
     for with_arms, cal in cals.items():
@@ -331,14 +330,7 @@ def test_relative_heading_is_held_when_the_take_starts_off_neutral(layout):
     """A face already off its calibrated neutral on the first frame (a held smile), turned about the
     vertical: the filter starts at the neutral, the accelerometers cannot see a heading, and without
     the gyro heading hold the error stays and leaks the head's rate into rel_rate."""
-    from imusic.calibration import Calibration
-    from imusic.orientation import matrix_to_quat
-
-    cal = Calibration()
-    R_H_ref = nominal_R_head_sensor(layout.site(layout.head_reference).normal)
-    for s in layout.face_sites:
-        q = matrix_to_quat(R_H_ref.T @ nominal_R_head_sensor(layout.site(s).normal))
-        cal.set_neutral(s, q, head_reference=layout.head_reference, source="test", seconds=1.0)
+    cal = _nominal_calibration(layout)
     site = layout.face_sites[2]
     held = Rotation.from_rotvec([0.0, 0.0, 0.03]).as_matrix()  # 0.03 rad about the head's vertical
 

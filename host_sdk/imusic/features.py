@@ -328,15 +328,19 @@ class FeatureExtractor:
         self._neutral = self._calibrated_neutral()
         # lever arms the calibration's neutral step fitted on a rigid face replace the catalogue's
         # and are not refined: speech at a site corrupts an online fit (docs/features.md, version 6)
-        self._arm_calibrated = np.zeros(n, dtype=bool)
-        getter = getattr(calibration, "neutral_lever_arms_m", None) if self._neutral is not None else None
-        fitted = getter() if callable(getter) else None
-        for k, name in enumerate(self.face_sites):
-            if isinstance(fitted, dict) and name in fitted:
-                self._arm_prior_m[k] = np.asarray(fitted[name], dtype=np.float64)
-                self._arm_calibrated[k] = True
+        fitted = self._calibrated_arms()
+        self._arm_calibrated = np.array([name in fitted for name in self.face_sites], dtype=bool)
+        for k in np.flatnonzero(self._arm_calibrated):
+            self._arm_prior_m[k] = fitted[self.face_sites[k]]
         self._index_cache: tuple[tuple[str, ...], int, np.ndarray] | None = None
         self.reset()
+
+    def _calibrated_arms(self) -> dict[str, np.ndarray]:
+        """Lever arms (m, reference axes) the calibration's neutral step fitted, per face site; they
+        belong to its neutral poses, so none without them."""
+        getter = getattr(self.calibration, "neutral_lever_arms_m", None) if self._neutral is not None else None
+        got = getter() if callable(getter) else None
+        return {str(k): np.asarray(v, dtype=np.float64) for k, v in got.items()} if isinstance(got, dict) else {}
 
     def _calibrated_neutral(self) -> np.ndarray | None:
         """R_rel at rest per face site from the calibration's neutral capture, if it has one."""

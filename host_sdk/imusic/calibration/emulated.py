@@ -261,8 +261,8 @@ def _neutral(take: _Take, rows: list[dict[str, Any]], head_reference: str) -> li
         return face.rest_position_mm(canonical + np.asarray(take.errors(site)["placement_offset_mm"]))
 
     ref_site = layout.site(head_reference)  # on bone: its mounting is its whole orientation in H
-    R_H_ref = (nominal_mount_frame(np.asarray(ref_site.normal, dtype=np.float64)[None])[0]
-               @ np.asarray(take.errors(head_reference)["mount_R_nominal_sensor"], dtype=np.float64))
+    R_H_ref_nominal = nominal_mount_frame(np.asarray(ref_site.normal, dtype=np.float64)[None])[0]
+    R_H_ref = R_H_ref_nominal @ np.asarray(take.errors(head_reference)["mount_R_nominal_sensor"], dtype=np.float64)
     out = []
     for row in rows:
         col = take.column(row["site"])
@@ -278,8 +278,9 @@ def _neutral(take: _Take, rows: list[dict[str, Any]], head_reference: str) -> li
         tq = Rotation.from_matrix(truth).as_quat()
         arm_mm = R_H_ref.T @ (rest_mm(row["site"]) - rest_mm(head_reference))
         arm_est = np.asarray(row["estimate"]["lever_arm_mm"])
-        nominal_mm = R_H_ref.T @ (np.asarray(layout.site(row["site"]).position_mm, dtype=np.float64)
-                                  - np.asarray(layout.site(head_reference).position_mm, dtype=np.float64))
+        # what the features assume without the step: catalogue positions, nominal mounting
+        nominal_mm = R_H_ref_nominal.T @ (np.asarray(layout.site(row["site"]).position_mm, dtype=np.float64)
+                                          - np.asarray(ref_site.position_mm, dtype=np.float64))
         out.append(_row("neutral", row["imu"], row["site"],
                         {"q_ref_sensor": _r(row["estimate"]["q_ref_sensor"]), "lever_arm_mm": _r(arm_est, 2)},
                         {"q_ref_sensor": _r([tq[3], tq[0], tq[1], tq[2]] if tq[3] >= 0 else
