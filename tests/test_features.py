@@ -245,7 +245,7 @@ def test_features_of_block_is_the_update_loop(layout, moving):
 
 
 def test_version_and_spec(layout):
-    assert FEATURE_VERSION == 6 and FEATURES_PER_SITE == 9 == len(FEATURE_NAMES)
+    assert FEATURE_VERSION == 7 and FEATURES_PER_SITE == 9 == len(FEATURE_NAMES)
     spec = feature_spec(layout, RATE_HZ)
     assert spec["feature_version"] == FEATURE_VERSION
     assert spec["layout"] == layout.name and spec["head_reference"] == layout.head_reference
@@ -350,6 +350,36 @@ def test_relative_heading_is_held_when_the_take_starts_off_neutral(layout):
     assert errs["off"][0] > 0.01  # the heading part of the held pose was never seen
     assert errs["held"][0] < errs["off"][0] / 4, errs
     assert errs["held"][1] < errs["off"][1] / 2, errs  # and the head's rate no longer leaks
+
+
+def test_tilt_is_levelled_when_the_take_starts_off_neutral(layout):
+    """A face already off its calibrated neutral by a tilt on the first frame (raised brows): the
+    filter starts at the neutral, and until it has taken the tilt up from the accelerometer,
+    gravity times the tilt shows in lin_acc. Levelled once after the first second, lin_acc is at
+    the rigid floor from then on and rel_rot shows the held pose."""
+    cal = _nominal_calibration(layout)
+    site = layout.face_sites[0]
+    held = Rotation.from_rotvec([0.02, 0.0, 0.0]).as_matrix()  # 0.02 rad about the head's x axis: a tilt
+
+    def rot(t):
+        return np.broadcast_to(held, (len(t), 3, 3))
+
+    block = rigid_block(layout, 6.0, site_rot={site: rot})
+    k = layout.face_sites.index(site)
+    R_H_S = nominal_R_head_sensor(layout.site(site).normal)
+    expect = Rotation.from_matrix(R_H_S.T @ held @ R_H_S).as_rotvec()
+    t = block.t_host_s
+    after = (t > 1.1) & (t < 4.0)  # the window is the first second
+    got = {}
+    for name, settings in (("levelled", FeatureSettings()), ("off", FeatureSettings(level_window_s=0.0))):
+        feats, valid = features_of_block(block, layout, cal, settings=settings)
+        assert valid[after, k].all()
+        got[name] = (_rms(feats[after, k, 6:9]), _rms(feats[after, k, 0:3] - expect))
+    floor_feats, _ = features_of_block(rigid_block(layout, 6.0), layout, cal)
+    floor = _rms(floor_feats[after, k, 6:9])
+    assert got["off"][0] > 0.025, got  # g x 0.02 rad is 0.2 m/s^2 at first, decaying over seconds
+    assert got["levelled"][0] < 2.0 * floor + 0.005, (got, floor)
+    assert got["levelled"][1] < got["off"][1] / 4, got
 
 
 # --- emulated end to end: the real firmware through the simulator, known truth ------------------

@@ -44,7 +44,7 @@ __all__ = [
     "nominal_R_head_sensor",
 ]
 
-FEATURE_VERSION = 6
+FEATURE_VERSION = 7
 FEATURE_NAMES: tuple[str, ...] = (
     "rel_rot_x_rad", "rel_rot_y_rad", "rel_rot_z_rad",
     "rel_rate_x_rads", "rel_rate_y_rads", "rel_rate_z_rads",
@@ -158,6 +158,19 @@ class FeatureSettings:
         correct only the tilt; the heading difference stayed for the whole take and leaked the
         head's pitch rate into rel_rate (docs/features.md, version 5). Heading errors larger than
         the quiet threshold over the head's rate are left alone (no correction from those frames).
+    level_window_s: after a face site's filter restarts from the rest pose (a take's start, a gap
+        longer than ``max_gap_s``), its tilt is levelled once to its own accelerometer: the smallest
+        turn that makes the site's specific force (moved to the reference point) agree with the
+        reference's, summed in world axes over the window's frames the gate calls quiet; meanwhile
+        the filter is held at its starting tilt (fed as when gated), so the sums see that tilt
+        alone. The heading stays the rest pose's. Why: the face is seldom exactly neutral when a take starts, and the
+        filter alone took some four seconds to take up the difference, which showed in lin_acc
+        meanwhile (6 mg at the brows, the same in every take: docs/features.md, version 7). 0 turns
+        it off.
+    level_quiet_fraction: a site quiet on fewer than this fraction of the window's frames is not
+        levelled (its filter converges as before): while the face moves there (speech at the chin)
+        its accelerometer says little about its tilt, and levelling the mentalis on half-quiet
+        windows raised its rel_rate leak (0.11 -> 0.15 pooled).
 
     The gyro's gain and cross-axis error relative to the head reference's, and the accelerometer's
     rotation relative to its gyro, are the calibration's neutral step (docs/calibration.md): with
@@ -189,6 +202,8 @@ class FeatureSettings:
     heading_gain: float = 1.5
     heading_quiet_rads: float = 0.02
     heading_u0_rads: float = 0.3
+    level_window_s: float = 1.0
+    level_quiet_fraction: float = 0.95
 
     def to_dict(self) -> dict[str, Any]:
         return {"orientation": self.orientation.to_dict(), "max_gap_s": self.max_gap_s,
@@ -205,7 +220,8 @@ class FeatureSettings:
                 "track_accel_along_gravity": self.track_accel_along_gravity,
                 "facial_accel_gate_mps2": self.facial_accel_gate_mps2,
                 "facial_accel_mean_s": self.facial_accel_mean_s, "heading_gain": self.heading_gain,
-                "heading_quiet_rads": self.heading_quiet_rads, "heading_u0_rads": self.heading_u0_rads}
+                "heading_quiet_rads": self.heading_quiet_rads, "heading_u0_rads": self.heading_u0_rads,
+                "level_window_s": self.level_window_s, "level_quiet_fraction": self.level_quiet_fraction}
 
 
 def nominal_R_head_sensor(normal: np.ndarray) -> np.ndarray:
@@ -296,6 +312,10 @@ class _ImuState:
     face_accel_mps2: float = 0.0  # |lin_acc - its short mean| of the last frame: the face's own acceleration
     lin_acc_mean_mps2: np.ndarray = field(default_factory=lambda: np.zeros(3))  # slow mean: biases, not the face
     gated_frames: int = 0  # frames whose filter took the reference's tilt (introspection)
+    level_frames_left: int = 0  # frames left in the levelling window after a restart from the rest pose
+    level_site: np.ndarray = field(default_factory=lambda: np.zeros(3))  # sums over that window's
+    level_ref: np.ndarray = field(default_factory=lambda: np.zeros(3))  # quiet frames, world axes
+    level_count: int = 0
 
 
 class FeatureExtractor:
@@ -417,6 +437,8 @@ class FeatureExtractor:
                 q0 = quat_multiply(q_ref, st.q_rel_last)
             elif self._q_rest is not None:
                 q0 = quat_multiply(q_ref, self._q_rest[k])
+                st.level_frames_left = round(self.settings.level_window_s * self.rate_hz)
+                st.level_site, st.level_ref, st.level_count = np.zeros(3), np.zeros(3), 0
             else:
                 # start of a take (head still, rest not captured yet): the catalogue's nominal
                 # mounting gives the heading relative to the head, the site's accelerometer its tilt
@@ -477,31 +499,36 @@ class FeatureExtractor:
         have = [k for k in range(n) if self._sites[k].q is not None
                 and t - self._sites[k].last_t_s <= 1.5 / self.rate_hz]
         shift = np.zeros((n, 3))
-        gated: dict[int, np.ndarray] = {}
-        if have and self.settings.lever_arm_to_filter:
-            # the site's filter corrects its tilt from its specific force moved to the reference
-            # point (rigid lever-arm term out): both filters then see the same vector, so their
-            # tilt errors stay common to the head and cancel in R_rel
+        gated: dict[int, np.ndarray] = {}  # site -> the tilt its filter is held at this frame
+        f_ref = frame.accel_mps2[ref_i]
+        gate = self.settings.facial_accel_gate_mps2
+        if have:
             R_prev = quat_to_matrix(np.array([self._sites[k].q for k in have]))
             R_rel_prev = np.einsum("ji,njk->nik", R_ref, R_prev)
-            shift[have] = np.einsum("nji,nj->ni", R_rel_prev, rigid_r[have])
-            gate = self.settings.facial_accel_gate_mps2
-            if gate is not None:
-                # while the face itself accelerates there (speech at the chin: m/s^2), the site's
-                # accelerometer says nothing about its tilt: its filter gets the reference's
-                # specific force in its own axes, i.e. the tilt R_rel already carries
-                f_ref = frame.accel_mps2[ref_i]
-                for j, k in enumerate(have):
-                    if self._sites[k].face_accel_mps2 > gate:
-                        gated[k] = R_rel_prev[j].T @ f_ref
-                        self._sites[k].gated_frames += 1
+            if self.settings.lever_arm_to_filter:
+                # the site's filter corrects its tilt from its specific force moved to the reference
+                # point (rigid lever-arm term out): both filters then see the same vector, so their
+                # tilt errors stay common to the head and cancel in R_rel
+                shift[have] = np.einsum("nji,nj->ni", R_rel_prev, rigid_r[have])
+            for j, k in enumerate(have):
+                st = self._sites[k]
+                if gate is not None and st.face_accel_mps2 > gate:
+                    # while the face itself accelerates there (speech at the chin: m/s^2), the
+                    # site's accelerometer says nothing about its tilt: its filter gets the
+                    # reference's specific force in its own axes, i.e. the tilt R_rel already carries
+                    gated[k] = R_rel_prev[j].T @ f_ref
+                    st.gated_frames += 1
+                elif st.level_frames_left > 0:  # held the same way while levelling (see _level)
+                    gated[k] = R_rel_prev[j].T @ f_ref
         for k in range(n):
             i = int(idx[k])
             if not self._usable(frame, i):
                 continue
             st = self._sites[k]
-            f_in = gated[k] if k in gated else frame.accel_mps2[i] - st.accel_bias_mps2 - shift[k]
-            self._step(st, t, frame.gyro_rads[i], f_in, mag[i], q_ref, k)
+            f_own = frame.accel_mps2[i] - st.accel_bias_mps2 - shift[k]
+            f_in = gated[k] if k in gated else f_own
+            if not self._step(st, t, frame.gyro_rads[i], f_in, mag[i], q_ref, k) and st.level_frames_left > 0:
+                self._level(st, f_own, f_ref, q_ref, quiet=gate is None or st.face_accel_mps2 <= gate)
             site_ok[k] = True
         if not site_ok.any():
             return out, valid
@@ -582,6 +609,29 @@ class FeatureExtractor:
                 assert self._q_rest is not None
                 self._q_rest[follow] = _quats_of_matrices(self._rest_R[follow])
         return R_new
+
+    def _level(self, st: _ImuState, f_site: np.ndarray, f_ref: np.ndarray, q_ref: np.ndarray,
+               quiet: bool) -> None:
+        """Levelling after a restart from the rest pose (see ``FeatureSettings.level_window_s``).
+        Meanwhile the site's filter is held at the tilt it started with (fed the reference's
+        specific force, as when gated), so R_rel moves by the gyros alone and the disagreement
+        between the two specific forces, summed in world axes over the window's quiet frames, is
+        the starting tilt error; at the window's end one turn, the smallest that makes the sums
+        agree (none about the vertical: the heading stays the rest pose's), takes it out."""
+        assert st.q is not None
+        if quiet:
+            st.level_site = st.level_site + quat_to_matrix(st.q) @ f_site
+            st.level_ref = st.level_ref + quat_to_matrix(q_ref) @ f_ref
+            st.level_count += 1
+        st.level_frames_left -= 1
+        if st.level_frames_left > 0:
+            return
+        s = self.settings
+        if st.level_count >= s.level_quiet_fraction * s.level_window_s * self.rate_hz:
+            turn = _align_quat(st.level_site / np.linalg.norm(st.level_site),
+                               st.level_ref / np.linalg.norm(st.level_ref))
+            st.filt.set_quaternion(quat_multiply(turn, st.q))
+            st.q = st.filt.quaternion()
 
     def _hold_heading(self, ks: np.ndarray, rel_rate: np.ndarray, R_rel: np.ndarray, omega_r: np.ndarray,
                       R_ref: np.ndarray, q_ref_conj: np.ndarray) -> None:
