@@ -163,10 +163,10 @@ class FeatureSettings:
         turn that makes the site's specific force (moved to the reference point) agree with the
         reference's, summed in world axes over the window's frames the gate calls quiet; meanwhile
         the filter is held at its starting tilt (fed as when gated), so the sums see that tilt
-        alone. The heading stays the rest pose's. Why: the face is seldom exactly neutral when a take starts, and the
-        filter alone took some four seconds to take up the difference, which showed in lin_acc
-        meanwhile (6 mg at the brows, the same in every take: docs/features.md, version 7). 0 turns
-        it off.
+        alone. The heading stays the rest pose's. Why: the face is seldom exactly neutral when a
+        take starts, and the filter alone took some four seconds to take up the difference, which
+        showed in lin_acc meanwhile (6 mg at the brows, the same in every take: docs/features.md,
+        version 7). 0 turns it off.
     level_quiet_fraction: a site quiet on fewer than this fraction of the window's frames is not
         levelled (its filter converges as before): while the face moves there (speech at the chin)
         its accelerometer says little about its tilt, and levelling the mentalis on half-quiet
@@ -500,6 +500,7 @@ class FeatureExtractor:
                 and t - self._sites[k].last_t_s <= 1.5 / self.rate_hz]
         shift = np.zeros((n, 3))
         gated: dict[int, np.ndarray] = {}  # site -> the tilt its filter is held at this frame
+        accelerating: set[int] = set()  # sites whose face accelerates (the gate is open)
         f_ref = frame.accel_mps2[ref_i]
         gate = self.settings.facial_accel_gate_mps2
         if have:
@@ -511,14 +512,15 @@ class FeatureExtractor:
                 # tilt errors stay common to the head and cancel in R_rel
                 shift[have] = np.einsum("nji,nj->ni", R_rel_prev, rigid_r[have])
             for j, k in enumerate(have):
+                # while the face itself accelerates there (speech at the chin: m/s^2), the site's
+                # accelerometer says nothing about its tilt: its filter gets the reference's
+                # specific force in its own axes, i.e. the tilt R_rel already carries; held the
+                # same way while levelling (see _level)
                 st = self._sites[k]
                 if gate is not None and st.face_accel_mps2 > gate:
-                    # while the face itself accelerates there (speech at the chin: m/s^2), the
-                    # site's accelerometer says nothing about its tilt: its filter gets the
-                    # reference's specific force in its own axes, i.e. the tilt R_rel already carries
-                    gated[k] = R_rel_prev[j].T @ f_ref
+                    accelerating.add(k)
                     st.gated_frames += 1
-                elif st.level_frames_left > 0:  # held the same way while levelling (see _level)
+                if k in accelerating or st.level_frames_left > 0:
                     gated[k] = R_rel_prev[j].T @ f_ref
         for k in range(n):
             i = int(idx[k])
@@ -528,7 +530,7 @@ class FeatureExtractor:
             f_own = frame.accel_mps2[i] - st.accel_bias_mps2 - shift[k]
             f_in = gated[k] if k in gated else f_own
             if not self._step(st, t, frame.gyro_rads[i], f_in, mag[i], q_ref, k) and st.level_frames_left > 0:
-                self._level(st, f_own, f_ref, q_ref, quiet=gate is None or st.face_accel_mps2 <= gate)
+                self._level(st, f_own, f_ref, q_ref, quiet=k not in accelerating)
             site_ok[k] = True
         if not site_ok.any():
             return out, valid
