@@ -62,6 +62,14 @@ def main() -> None:
                   "  (includes the rotation a magnitude fit cannot see; the neutral pose absorbs it)")
         if rot.size:
             print(f"  the same without that rotation         {np.median(rot):.3f} / {rot.max():.3f}")
+    neutral = [r for r in rows if r["step"] == "neutral"]
+    if neutral:
+        arm = np.array([r["lever_arm_error_mm"] for r in neutral])
+        gain = np.array([r["gyro_gain_error_pct"] for r in neutral])
+        print("\nneutral step, more views (median / worst over face IMUs):")
+        print(f"  lever arm error vs truth               {np.median(arm):.2f} / {arm.max():.2f} mm")
+        print(f"  face gyro vs reference, gain left      {np.median(gain):.3f} / {gain.max():.3f} % of the rate"
+              "  (from the chips' true matrices)")
     mag = [r for r in rows if r["step"] == "mag"]
     if mag:
         raw = np.array([r["raw_spread_pct"] for r in mag])

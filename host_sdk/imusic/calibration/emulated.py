@@ -14,7 +14,8 @@ with the rig's truth (truth.json / truth.npz of the takes):
 | mag     | mag_rotation              | another mag_rotation take: 100 std/mean of |calibrated field|  |
 | clock   | neutral_head_motion       | |fitted drift - the node clock's drift|, ppm                   |
 | neutral | neutral_head_motion       | angle between the estimated and the true rest orientation of    |
-|         |                           | each face site relative to the head reference, deg             |
+|         |                           | each face site relative to the head reference, deg; beside it, |
+|         |                           | the gyro gain left between site and reference (% of the rate)  |
 
 This module is the one place in ``imusic.calibration`` that imports the simulator (a test and
 benchmark harness above both; the library steps never need it).
@@ -243,7 +244,22 @@ def _clock(take: _Take, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _neutral(take: _Take, rows: list[dict[str, Any]], head_reference: str) -> list[dict[str, Any]]:
+def _relative_gyro_error(take: _Take, cal: Calibration, site: str, head_reference: str, R_true: np.ndarray,
+                         R_est: np.ndarray) -> float:
+    """What the corrected site gyro still gets wrong of the head's rate, as a fraction: the largest
+    singular value of M G_site R_true^T G_ref^-1 R_est - I (M the stored gain correction, G the
+    chips' true scale and cross-axis matrices, R the true and the stored rest orientations). Zero
+    when the site reads exactly the reference's rates turned by the stored rest pose."""
+    entry = next(e for e in cal.imus.values() if e["identity"]["site"] == site)
+    m = np.asarray(entry.get("gyro_gain", {}).get("matrix", np.eye(3)), dtype=np.float64)
+    g_site = np.asarray(take.errors(site)["gyro_matrix"], dtype=np.float64)
+    g_ref = np.asarray(take.errors(head_reference)["gyro_matrix"], dtype=np.float64)
+    left = m @ g_site @ R_true.T @ np.linalg.inv(g_ref) @ R_est - np.eye(3)
+    return float(np.linalg.norm(left, ord=2))
+
+
+def _neutral(take: _Take, rows: list[dict[str, Any]], head_reference: str,
+             cal: Calibration) -> list[dict[str, Any]]:
     from scipy.spatial.transform import Rotation
 
     from imusic.placement import load_layout
@@ -287,7 +303,9 @@ def _neutral(take: _Take, rows: list[dict[str, Any]], head_reference: str) -> li
                                             [-tq[3], -tq[0], -tq[1], -tq[2]]), "lever_arm_mm": _r(arm_mm, 2)}, err,
                         head_reference=head_reference,
                         lever_arm_error_mm=round(float(np.linalg.norm(arm_est - arm_mm)), 3),
-                        catalogue_lever_arm_error_mm=round(float(np.linalg.norm(nominal_mm - arm_mm)), 3)))
+                        catalogue_lever_arm_error_mm=round(float(np.linalg.norm(nominal_mm - arm_mm)), 3),
+                        gyro_gain_error_pct=round(100.0 * _relative_gyro_error(
+                            take, cal, row["site"], head_reference, truth, est), 3)))
     return out
 
 
@@ -327,7 +345,7 @@ def emulated_calibration(*, layout: str = "imusic", seed: int = 1, steps: Sequen
             elif step == "clock":
                 results += _clock(take, rows)
             else:
-                results += _neutral(take, rows, lay.head_reference)
+                results += _neutral(take, rows, lay.head_reference, cal)
         if save_to is not None:
             cal.save(save_to)
     finally:

@@ -523,14 +523,19 @@ class GyroGainFit:
 
 def relative_gyro_gain(ref_gyro: np.ndarray, gyro: np.ndarray, R_site_ref: np.ndarray, *, who: str = "",
                        step: str = "neutral", min_rate_rads: float = 10 * DEG,
-                       max_mismatch: float = 0.1) -> GyroGainFit:
+                       max_mismatch: float = 0.1, prior_below_snr: float = 5.0) -> GyroGainFit:
     """The site gyro's scale and cross-axis error relative to the head reference's gyro.
 
     On a neutral face both gyros see one angular velocity, so ``gyro ~ A @ ref_gyro`` with
-    A = G_site R_site_ref G_ref^-1. A is fitted by least squares, pulled towards the pure rotation
-    R_site_ref where the capture did not turn about some axis (ridge term, 1 % of the data's energy),
-    with a constant term: the bias left between the two at wearing temperature (a bias difference
-    turns the two filters' headings apart, 0.3 deg a minute at 0.005 deg/s).
+    A = G_site R_site_ref G_ref^-1. A is fitted by least squares with a constant term (the bias
+    left between the two at wearing temperature: a bias difference turns the two filters' headings
+    apart, 0.3 deg a minute at 0.005 deg/s), pulled towards the pure rotation R_site_ref (ridge)
+    only where the data cannot decide: the ridge equals the energy of a turn whose rms is
+    ``prior_below_snr`` times the fit's noise, so an axis the head never turned about (its
+    reference rate is noise alone) keeps the rest rotation, and one turned about even a little is
+    fitted from the data. (A ridge of 1 % of the capture's energy, used before, kept a fifth of the
+    error on the axis the head turned least about, the roll, in the simulator's capture: the chin
+    was left 0.9 % off, and head roll leaked into its features.)
     The correction ``R_site_ref @ A^-1`` makes the site read as the reference would: head motion then
     cancels in relative rates to the noise level, where a 1 % gain mismatch on a 3 rad/s head turn
     leaves about ten times the gyro noise. Bias-free inputs expected.
@@ -543,9 +548,11 @@ def relative_gyro_gain(ref_gyro: np.ndarray, gyro: np.ndarray, R_site_ref: np.nd
                                           "with a neutral face")
     # gyro ~ A @ ref_gyro + c over every frame: the still ones pin the offset c, the turns the matrix A
     x = np.hstack([rg, np.ones((len(rg), 1))])
-    lam = 0.01 * float(np.trace(rg[turning].T @ rg[turning])) / 3.0
-    ridge = np.diag([lam, lam, lam, 0.0])
     prior = np.vstack([R_site_ref.T, np.zeros((1, 3))])  # (4, 3): A^T on top, c below
+    free = np.linalg.lstsq(x, sg, rcond=None)[0]
+    noise_var = float(np.mean((sg - x @ free) ** 2))  # per axis: both gyros' noise
+    lam = len(rg) * prior_below_snr ** 2 * max(noise_var, 1e-12)
+    ridge = np.diag([lam, lam, lam, 0.0])
     coef = np.linalg.solve(x.T @ x + ridge, x.T @ sg + ridge @ prior)
     a, offset = coef[:3].T, coef[3]
     matrix = R_site_ref @ np.linalg.inv(a)
