@@ -245,7 +245,7 @@ def test_features_of_block_is_the_update_loop(layout, moving):
 
 
 def test_version_and_spec(layout):
-    assert FEATURE_VERSION == 7 and FEATURES_PER_SITE == 9 == len(FEATURE_NAMES)
+    assert FEATURE_VERSION == 8 and FEATURES_PER_SITE == 9 == len(FEATURE_NAMES)
     spec = feature_spec(layout, RATE_HZ)
     assert spec["feature_version"] == FEATURE_VERSION
     assert spec["layout"] == layout.name and spec["head_reference"] == layout.head_reference
@@ -396,6 +396,20 @@ def _bench():
     return module
 
 
+def _chin_acceleration_passed(block, layout, cal, settings) -> float:
+    """RMS of the mentalis lin_acc (its facial acceleration) on the frames its filter took its own
+    accelerometer: what speech leaves in the tilt estimate."""
+    ext = FeatureExtractor(layout, cal, settings=settings)
+    k = layout.face_sites.index("mentalis")
+    passed = []
+    for frame in block.frames():
+        before = ext._sites[k].gated_frames if ext._sites else 0
+        feats, valid = ext.update(frame)
+        if valid[k] and ext._sites[k].gated_frames == before:
+            passed.append(feats[k, 6:9])
+    return _rms(np.array(passed))
+
+
 def test_emulated_head_motion_removal(micropython, tmp_path, layout):
     """Neutral and neutral-through-head-motion takes and an expressive walk of one rig, with its
     emulated calibration (gyro, accel, neutral). A neutral face through +-90 degree turns and a walk
@@ -423,6 +437,10 @@ def test_emulated_head_motion_removal(micropython, tmp_path, layout):
         gated[sc] = [st.gated_frames for st in ext._sites]
     assert sum(gated["neutral_head_motion"]) == 0, gated
     assert gated["expressions_walk"][layout.face_sites.index("mentalis")] > 0, gated
+    # the gate's hold: what speech at the chin still passes to the filter, with and without it
+    passed = {name: _chin_acceleration_passed(bf.load_block(takes["expressions_walk"]), layout, cal, settings)
+              for name, settings in (("hold", FeatureSettings()), ("off", FeatureSettings(facial_accel_hold_s=0.0)))}
+    assert passed["hold"] < passed["off"] / 2, passed
     assert max(ratios.values()) < 1.4, ratios  # measured 0.9-1.04
     assert rest["rel_rate"] < 2 * 0.0023  # rest itself is at the two gyros' noise
     # uncalibrated (the extractor's own rest and bias only): the gyro gain and accelerometer rotation

@@ -44,7 +44,7 @@ __all__ = [
     "nominal_R_head_sensor",
 ]
 
-FEATURE_VERSION = 7
+FEATURE_VERSION = 8
 FEATURE_NAMES: tuple[str, ...] = (
     "rel_rot_x_rad", "rel_rot_y_rad", "rel_rot_z_rad",
     "rel_rate_x_rads", "rel_rate_y_rads", "rel_rate_z_rads",
@@ -142,6 +142,12 @@ class FeatureSettings:
         chin by metres per second squared (with a non-zero mean: the centripetal part of the jaw's
         turning), which a filter cannot tell from gravity, and the tilt error times the head's rate
         leaked into rel_rate. ``None`` feeds every filter its own accelerometer always.
+    facial_accel_hold_s: the gate stays shut this long after the face's acceleration was last above
+        it. The gate looks at the last frame's acceleration, which an oscillating jaw takes through
+        zero twice a cycle: without the hold, the frames at the chin the gate let through during
+        speech still carried 0.37 m/s^2 rms of facial acceleration along its x axis (0.075 with
+        0.25 s, six expressions takes), which tilted the filter, and the tilt error times the
+        head's yaw rate leaked into rel_rate (docs/features.md, version 8). 0 turns the hold off.
     facial_accel_mean_s: the time constant of the mean taken off lin_acc for the gate. Short (0.25 s:
         speech is 3-7 Hz) so that slow lin_acc from a relative orientation error (which changes with
         the head's tilt) does not hold the gate open: with a 2 s mean an uncalibrated site's drift
@@ -199,6 +205,7 @@ class FeatureSettings:
     track_accel_along_gravity: bool = True
     facial_accel_gate_mps2: float | None = 0.2
     facial_accel_mean_s: float = 0.25
+    facial_accel_hold_s: float = 0.25
     heading_gain: float = 1.5
     heading_quiet_rads: float = 0.02
     heading_u0_rads: float = 0.3
@@ -219,7 +226,8 @@ class FeatureSettings:
                 "track_quiet_mps2": self.track_quiet_mps2,
                 "track_accel_along_gravity": self.track_accel_along_gravity,
                 "facial_accel_gate_mps2": self.facial_accel_gate_mps2,
-                "facial_accel_mean_s": self.facial_accel_mean_s, "heading_gain": self.heading_gain,
+                "facial_accel_mean_s": self.facial_accel_mean_s,
+                "facial_accel_hold_s": self.facial_accel_hold_s, "heading_gain": self.heading_gain,
                 "heading_quiet_rads": self.heading_quiet_rads, "heading_u0_rads": self.heading_u0_rads,
                 "level_window_s": self.level_window_s, "level_quiet_fraction": self.level_quiet_fraction}
 
@@ -312,6 +320,7 @@ class _ImuState:
     face_accel_mps2: float = 0.0  # |lin_acc - its short mean| of the last frame: the face's own acceleration
     lin_acc_mean_mps2: np.ndarray = field(default_factory=lambda: np.zeros(3))  # slow mean: biases, not the face
     gated_frames: int = 0  # frames whose filter took the reference's tilt (introspection)
+    gate_hold_frames: int = 0  # frames the gate stays shut after the face's acceleration was last above it
     level_frames_left: int = 0  # frames left in the levelling window after a restart from the rest pose
     level_site: np.ndarray = field(default_factory=lambda: np.zeros(3))  # sums over that window's
     level_ref: np.ndarray = field(default_factory=lambda: np.zeros(3))  # quiet frames, world axes
@@ -503,6 +512,7 @@ class FeatureExtractor:
         accelerating: set[int] = set()  # sites whose face accelerates (the gate is open)
         f_ref = frame.accel_mps2[ref_i]
         gate = self.settings.facial_accel_gate_mps2
+        hold_frames = int(self.settings.facial_accel_hold_s * self.rate_hz)
         if have:
             R_prev = quat_to_matrix(np.array([self._sites[k].q for k in have]))
             R_rel_prev = np.einsum("ji,njk->nik", R_ref, R_prev)
@@ -518,7 +528,12 @@ class FeatureExtractor:
                 # same way while levelling (see _level)
                 st = self._sites[k]
                 if gate is not None and st.face_accel_mps2 > gate:
+                    st.gate_hold_frames = hold_frames
                     accelerating.add(k)
+                elif st.gate_hold_frames > 0:
+                    st.gate_hold_frames -= 1
+                    accelerating.add(k)
+                if k in accelerating:
                     st.gated_frames += 1
                 if k in accelerating or st.level_frames_left > 0:
                     gated[k] = R_rel_prev[j].T @ f_ref
