@@ -62,6 +62,10 @@ def main() -> None:
                   "  (includes the rotation a magnitude fit cannot see; the neutral pose absorbs it)")
         if rot.size:
             print(f"  the same without that rotation         {np.median(rot):.3f} / {rot.max():.3f}")
+        scale = np.array([r["gyro_gain_error_pct"] for r in acc])
+        print(f"\ngyro gain left after the scale fitted from the six-pose turns: {np.median(scale):.3f} / "
+              f"{scale.max():.3f} % (median / worst; against the chips' true matrices, less a rotation), "
+              f"fitted on {sum(r['gyro_scale_fitted'] for r in acc)} of {len(acc)} IMUs")
     neutral = [r for r in rows if r["step"] == "neutral"]
     if neutral:
         arm = np.array([r["lever_arm_error_mm"] for r in neutral])

@@ -69,6 +69,17 @@ def test_neutral_step_matches_each_face_gyro_to_the_reference(rig: tuple[Path, d
     assert len(left) == 11 and left.max() < 0.3, left
 
 
+def test_accel_step_fits_each_gyros_own_gain_from_the_turns(rig: tuple[Path, dict[str, Any]]) -> None:
+    """The six-pose capture's turns give every gyro its absolute gain (which no other step sees: the
+    neutral step matches the face gyros to the head reference's): the chips' 1-3 % scale and
+    cross-axis errors fall to a fraction of a percent."""
+    _, report = rig
+    rows = [r for r in report["results"] if r["step"] == "accel"]
+    assert len(rows) == 12 and all(r["gyro_scale_fitted"] for r in rows)
+    left = np.array([r["gyro_gain_error_pct"] for r in rows])
+    assert left.max() < 1.0 and np.median(left) < 0.4, left
+
+
 def test_a_session_applies_the_calibration_to_a_replay_and_refuses_another_rig(
         rig: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     out, _ = rig

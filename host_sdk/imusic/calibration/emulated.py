@@ -10,7 +10,8 @@ with the rig's truth (truth.json / truth.npz of the takes):
 | gyro    | table_rest                | |bias - true bias at the capture's temperature|, deg/s          |
 | accel   | six_pose                  | another six_pose take and the table_rest take: rms of         |
 |         |                           | |calibrated still mean| - 1 g, mg (also the vector error vs the |
-|         |                           | true specific force, and the rms over all orientations)        |
+|         |                           | true specific force, the rms over all orientations, and the    |
+|         |                           | gyro gain left after the scale fitted from the turns, %)       |
 | mag     | mag_rotation              | another mag_rotation take: 100 std/mean of |calibrated field|  |
 | clock   | neutral_head_motion       | |fitted drift - the node clock's drift|, ppm                   |
 | neutral | neutral_head_motion       | angle between the estimated and the true rest orientation of    |
@@ -196,7 +197,9 @@ def _accel(fit_take: _Take, held_out: Sequence[_Take], cal: Calibration,
                         vector_rms_mg=(round(float(np.sqrt(np.mean(vec_err ** 2)) / STANDARD_GRAVITY * 1e3), 3)
                                        if pairs else None),
                         vector_rms_without_rotation_mg=rotated_rms, all_orientations_rms_mg=round(sphere_rms, 3),
-                        method=row["estimate"]["method"]))
+                        method=row["estimate"]["method"],
+                        gyro_scale_fitted=row["estimate"].get("gyro_scale") is not None,
+                        gyro_gain_error_pct=round(100.0 * _gyro_scale_error(cal, fit_take, site), 3)))
     return out
 
 
@@ -250,12 +253,28 @@ def _relative_gyro_error(take: _Take, cal: Calibration, site: str, head_referenc
     singular value of M G_site R_true^T G_ref^-1 R_est - I (M the stored gain correction, G the
     chips' true scale and cross-axis matrices, R the true and the stored rest orientations). Zero
     when the site reads exactly the reference's rates turned by the stored rest pose."""
-    entry = next(e for e in cal.imus.values() if e["identity"]["site"] == site)
-    m = np.asarray(entry.get("gyro_gain", {}).get("matrix", np.eye(3)), dtype=np.float64)
+    m = _gyro_correction(cal, site)
     g_site = np.asarray(take.errors(site)["gyro_matrix"], dtype=np.float64)
-    g_ref = np.asarray(take.errors(head_reference)["gyro_matrix"], dtype=np.float64)
+    g_ref = _gyro_correction(cal, head_reference) @ np.asarray(take.errors(head_reference)["gyro_matrix"])
     left = m @ g_site @ R_true.T @ np.linalg.inv(g_ref) @ R_est - np.eye(3)
     return float(np.linalg.norm(left, ord=2))
+
+
+def _gyro_correction(cal: Calibration, site: str) -> np.ndarray:
+    """The file's whole gyro matrix for ``site``: the neutral step's relative gain on the accel
+    step's scale (identity where a step is missing)."""
+    entry = next(e for e in cal.imus.values() if e["identity"]["site"] == site)
+    scale = np.asarray(entry.get("gyro_scale", {}).get("matrix", np.eye(3)), dtype=np.float64)
+    return np.asarray(entry.get("gyro_gain", {}).get("matrix", np.eye(3)), dtype=np.float64) @ scale
+
+
+def _gyro_scale_error(cal: Calibration, take: _Take, site: str) -> float:
+    """Gain left in the scale-corrected gyro against the chip's true matrix, after taking out a
+    rotation (the correction also turns the gyro onto the accelerometer's axes), as a fraction."""
+    from scipy.linalg import polar
+
+    _, sym = polar(_gyro_correction(cal, site) @ np.asarray(take.errors(site)["gyro_matrix"], dtype=np.float64))
+    return float(np.linalg.norm(sym - np.eye(3), ord=2))
 
 
 def _neutral(take: _Take, rows: list[dict[str, Any]], head_reference: str,

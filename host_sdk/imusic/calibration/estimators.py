@@ -22,7 +22,8 @@ from imusic.errors import UserError
 
 __all__ = [
     "AccelFit", "CalibrationError", "GyroBias", "MagFit", "NoiseModel", "NOISE_MODELS", "STANDARD_GRAVITY",
-    "StillThresholds", "accel_fit", "gyro_bias", "mag_coverage", "mag_fit", "neutral_rotation",
+    "GyroScaleFit", "StillThresholds", "accel_fit", "gyro_bias", "gyro_scale_from_turns", "mag_coverage", "mag_fit",
+    "neutral_rotation",
     "relative_accel_alignment", "relative_gyro_gain", "saturation_check", "static_segments", "still_thresholds",
 ]
 
@@ -340,6 +341,84 @@ def accel_refine_rotating(static_means: np.ndarray, accel_mps2: np.ndarray, gyro
     if rms_mg > MAX_REFINE_RMS_MG or float(np.linalg.norm(r)) > 1.0:
         return None
     return RotatingRefinement(b, c, r, rms_mg, int(sel.size))
+
+
+@dataclass(frozen=True)
+class GyroScaleFit:
+    matrix: np.ndarray  # (3, 3): gyro_corrected = matrix @ (gyro - bias), in the accelerometer's axes
+    turns: int  # turns between still poses used
+    rms_rad: float  # rms of the gravity-direction misfit after the turns, rad
+    angle_deg: float  # the rotation part of the matrix (gyro axes onto the accelerometer's)
+    gain_pct: float  # the rest: scale and cross-axis correction, largest singular value of P - I, %
+
+
+def gyro_scale_from_turns(accel_mps2: np.ndarray, gyro_rads: np.ndarray, segments: list[StaticSegment],
+                          rate_hz: float, *, min_turns: int = 4, max_rms_rad: float = 0.005,
+                          max_correction: float = 0.1, prior_weight: float = 1e-3) -> GyroScaleFit | None:
+    """The gyro's scale and cross-axis correction from the turns between still poses.
+
+    Between two still poses the gyro, integrated, must turn the gravity direction the accelerometer
+    saw in the first pose into the one it sees in the second. Over four or more turns about
+    different axes that fixes the terms of the matrix M in ``M @ (gyro - bias)``, and so the
+    absolute gain the other steps cannot see: the neutral step matches each face gyro to the head
+    reference's, whose own 1-2 % gain error stays (it scales the head's rates, and with them the
+    rigid-body acceleration the features take out). M also carries the small rotation from the
+    gyro's axes onto the accelerometer's (their cross-axis errors differ). Terms the turns leave
+    open (a turn says nothing about gains that only turn gravity about itself) stay at identity:
+    a weak pull, ``prior_weight`` rad of misfit per unit of M - I, far below what any turn sees.
+    Gauss-Newton on the first-order effect of M on each turn's integrated rotation.
+    ``accel_mps2`` calibrated, ``gyro_rads`` bias-free, both at ``rate_hz``. None when the capture
+    has too few turns or they do not fit (the IMU moved during a pose, or the turns were too fast
+    for the samples): the gyro then keeps its identity gain."""
+    from scipy.linalg import polar
+    from scipy.spatial.transform import Rotation
+
+    if len(segments) < min_turns + 1:
+        return None
+    dt = 1.0 / rate_hz
+    turns = []
+    for a, b in zip(segments[:-1], segments[1:]):
+        w = gyro_rads[a.stop:b.start]
+        if len(w) < 2 or not np.isfinite(w).all():
+            continue
+        u0 = accel_mps2[a.start:a.stop].mean(axis=0)
+        u1 = accel_mps2[b.start:b.stop].mean(axis=0)
+        turns.append((w, u0 / np.linalg.norm(u0), u1 / np.linalg.norm(u1)))
+    if len(turns) < min_turns:
+        return None
+
+    def skew(v: np.ndarray) -> np.ndarray:
+        return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+
+    matrix = np.eye(3)
+    resid = np.zeros(0)
+    for _ in range(6):
+        rows, rhs = [], []
+        for w, u0, u1 in turns:
+            steps = Rotation.from_rotvec(w @ matrix.T * dt).as_matrix()  # (n, 3, 3) body increments
+            after = np.empty_like(steps)  # after[k] = steps[k+1] @ ... @ steps[-1]
+            acc = np.eye(3)
+            for k in range(len(steps) - 1, -1, -1):
+                after[k] = acc
+                acc = steps[k] @ acc
+            v = acc.T @ u0  # the first pose's gravity carried to the end of the turn
+            # a change dE of M turns the end by phi = sum_k after_k^T dE w_k dt; v moves by v x phi
+            dphi = np.einsum("kai,kb->iab", after, w).reshape(3, 9) * dt
+            rows.append(skew(v) @ dphi)
+            rhs.append(u1 - v)
+        resid = np.concatenate(rhs)
+        jac = np.vstack(rows + [prior_weight * np.eye(9)])
+        target = np.concatenate(rhs + [-prior_weight * (matrix - np.eye(3)).ravel()])
+        step = np.linalg.lstsq(jac, target, rcond=None)[0].reshape(3, 3)
+        matrix = matrix + step
+        if float(np.abs(step).max()) < 1e-7:
+            break
+    rms = float(np.sqrt(np.mean(resid ** 2)))
+    if rms > max_rms_rad or float(np.linalg.norm(matrix - np.eye(3), ord=2)) > max_correction:
+        return None
+    rot, sym = polar(matrix)
+    angle = float(np.degrees(np.arccos(np.clip((np.trace(rot) - 1.0) / 2.0, -1.0, 1.0))))
+    return GyroScaleFit(matrix, len(turns), rms, angle, 100.0 * float(np.linalg.norm(sym - np.eye(3), ord=2)))
 
 
 # ---- magnetometer

@@ -215,6 +215,18 @@ class Calibration:
                                                "relative_to": relative_to,
                                                "made": _made(source, seconds=round(seconds, 3), **extra)})
 
+    def set_gyro_scale(self, ident: ImuIdentity, matrix: np.ndarray | None, *, source: str, seconds: float,
+                       **extra: Any) -> None:
+        """The gyro's own scale and cross-axis correction, from the accel step's turns between still
+        poses: ``gyro = gyro_gain @ matrix @ (raw - bias) - offset``. None (the turns did not fit)
+        removes an older one, so a re-run accel step never leaves a scale from another capture."""
+        if matrix is None:
+            self.imus.get(ident.key, {}).pop("gyro_scale", None)
+            self._cache.clear()
+            return
+        self.set_step(ident.key, "gyro_scale", {"matrix": _mat(matrix),
+                                                "made": _made(source, seconds=round(seconds, 3), **extra)})
+
     def set_accel_alignment(self, ident: ImuIdentity, rotation: np.ndarray, *, relative_to: str, source: str,
                             seconds: float, **extra: Any) -> None:
         """The rotation that brings the accelerometer's axes onto the gyro's, as the neutral step sees
@@ -337,8 +349,11 @@ class Calibration:
             if "gyro" in entry:
                 corr.gyro_bias[i] = entry["gyro"]["bias_rads"]
                 corr.identity = False
-            if "gyro_gain" in entry:
-                corr.gyro_matrix[i] = entry["gyro_gain"]["matrix"]
+            if "gyro_scale" in entry:
+                corr.gyro_matrix[i] = entry["gyro_scale"]["matrix"]
+                corr.identity = False
+            if "gyro_gain" in entry:  # relative to the head reference, on top of the scale
+                corr.gyro_matrix[i] = np.asarray(entry["gyro_gain"]["matrix"]) @ corr.gyro_matrix[i]
                 corr.gyro_offset[i] = entry["gyro_gain"].get("offset_rads", (0.0, 0.0, 0.0))
                 corr.identity = False
             if "accel" in entry:

@@ -21,9 +21,9 @@ import numpy as np
 
 from imusic.align import Frame, FrameBlock
 from imusic.calibration.estimators import (
-    DEG, STANDARD_GRAVITY, CalibrationError, accel_fit, accel_refine_rotating, gyro_bias, mag_fit, matrix_to_quat,
-    neutral_rotation, relative_accel_alignment, relative_gyro_gain, saturation_check, static_segments,
-    still_thresholds,
+    DEG, STANDARD_GRAVITY, CalibrationError, accel_fit, accel_refine_rotating, gyro_bias, gyro_scale_from_turns,
+    mag_fit, matrix_to_quat, neutral_rotation, relative_accel_alignment, relative_gyro_gain, saturation_check,
+    static_segments, still_thresholds,
 )
 from imusic.calibration.model import Calibration, ImuIdentity, chip_name, identity_of
 from imusic.errors import UserError
@@ -261,13 +261,23 @@ def run_step(step: str, capture: Capture, cal: Calibration, *, head_reference: s
                     residual_mg = float(np.sqrt(np.mean((norms - STANDARD_GRAVITY) ** 2)) / STANDARD_GRAVITY * 1e3)
                     extra = {"turning_samples": refined.samples, "turning_rms_mg": round(refined.rms_mg, 4),
                              "lever_arm_mm": [round(float(v) * 1e3, 2) for v in refined.lever_arm_m]}
+                # the same turns give the gyro's own gain: integrated, it must carry each pose's
+                # gravity direction onto the next one's
+                scale = gyro_scale_from_turns((a - offset) @ matrix.T, g - g_bias, segs, float(capture.rate_hz))
                 row["estimate"] = {"offset_mg": (offset / STANDARD_GRAVITY * 1e3).tolist(),
                                    "matrix": matrix.tolist(), "residual_mg": residual_mg,
-                                   "poses": afit.poses, "segments": len(segs), "method": method, **extra}
+                                   "poses": afit.poses, "segments": len(segs), "method": method, **extra,
+                                   "gyro_scale": None if scale is None else {
+                                       "matrix": scale.matrix.tolist(), "turns": scale.turns,
+                                       "gain_pct": round(scale.gain_pct, 4), "angle_deg": round(scale.angle_deg, 4),
+                                       "rms_mrad": round(scale.rms_rad * 1e3, 4)}}
                 commits.append(lambda ident=ident, offset=offset, matrix=matrix, residual_mg=residual_mg,
                                poses=afit.poses, method=method, extra=extra: cal.set_accel(
                     ident, offset, matrix, residual_mg=residual_mg, poses=poses, source=source, seconds=seconds,
                     method=method, **extra))
+                commits.append(lambda ident=ident, scale=scale: cal.set_gyro_scale(
+                    ident, None if scale is None else scale.matrix, source=source, seconds=seconds,
+                    turns=None if scale is None else scale.turns))
             else:
                 mfit = mag_fit(m, who=who, field_uT=field_uT)
                 row["estimate"] = {"offset_uT": mfit.offset_uT.tolist(), "matrix": mfit.matrix.tolist(),
