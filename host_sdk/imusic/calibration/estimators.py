@@ -23,8 +23,8 @@ from imusic.errors import UserError
 __all__ = [
     "AccelFit", "CalibrationError", "GyroBias", "MagFit", "NoiseModel", "NOISE_MODELS", "STANDARD_GRAVITY",
     "GyroScaleFit", "StillThresholds", "accel_fit", "gyro_bias", "gyro_scale_from_turns", "mag_coverage", "mag_fit",
-    "neutral_rotation",
-    "relative_accel_alignment", "relative_gyro_gain", "saturation_check", "static_segments", "still_thresholds",
+    "neutral_rotation", "relative_accel_alignment", "relative_gyro_gain", "saturation_check", "static_segments",
+    "still_thresholds",
 ]
 
 STANDARD_GRAVITY = 9.80665  # m/s^2
@@ -349,7 +349,7 @@ class GyroScaleFit:
     turns: int  # turns between still poses used
     rms_rad: float  # rms of the gravity-direction misfit after the turns, rad
     angle_deg: float  # the rotation part of the matrix (gyro axes onto the accelerometer's)
-    gain_pct: float  # the rest: scale and cross-axis correction, largest singular value of P - I, %
+    gain_pct: float  # the rest (polar factor P of the matrix): scale and cross-axis, largest singular value of P - I, %
 
 
 def gyro_scale_from_turns(accel_mps2: np.ndarray, gyro_rads: np.ndarray, segments: list[StaticSegment],
