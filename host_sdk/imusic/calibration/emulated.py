@@ -261,11 +261,8 @@ def _relative_gyro_error(take: _Take, cal: Calibration, site: str, head_referenc
 
 
 def _gyro_correction(cal: Calibration, site: str) -> np.ndarray:
-    """The file's whole gyro matrix for ``site``: the neutral step's relative gain on the accel
-    step's scale (identity where a step is missing)."""
-    entry = next(e for e in cal.imus.values() if e["identity"]["site"] == site)
-    scale = np.asarray(entry.get("gyro_scale", {}).get("matrix", np.eye(3)), dtype=np.float64)
-    return np.asarray(entry.get("gyro_gain", {}).get("matrix", np.eye(3)), dtype=np.float64) @ scale
+    """The file's whole gyro matrix for ``site`` (``Calibration.gyro_matrix``)."""
+    return cal.gyro_matrix(next(key for key, e in cal.imus.items() if e["identity"]["site"] == site))
 
 
 def _gyro_scale_error(cal: Calibration, take: _Take, site: str) -> float:

@@ -248,6 +248,13 @@ class Calibration:
         return (np.asarray(entry["matrix"], dtype=np.float64),
                 np.asarray(entry.get("offset_rads", (0.0, 0.0, 0.0)), dtype=np.float64))
 
+    def gyro_matrix(self, key: str) -> np.ndarray:
+        """The whole gyro matrix the file applies: the neutral step's relative gain on the accel
+        step's scale, ``gyro_gain @ gyro_scale`` (identity where a step is missing)."""
+        entry = self.imus.get(key, {})
+        scale = np.asarray(entry["gyro_scale"]["matrix"], dtype=np.float64) if "gyro_scale" in entry else np.eye(3)
+        return self.gyro_gain(key)[0] @ scale
+
     def set_neutral(self, site: str, q_ref_sensor: np.ndarray, *, head_reference: str, source: str,
                     seconds: float, lever_arm_m: np.ndarray | None = None, **extra: Any) -> None:
         """The rest pose of a face site relative to the head reference and, when fitted, its lever
@@ -349,12 +356,9 @@ class Calibration:
             if "gyro" in entry:
                 corr.gyro_bias[i] = entry["gyro"]["bias_rads"]
                 corr.identity = False
-            if "gyro_scale" in entry:
-                corr.gyro_matrix[i] = entry["gyro_scale"]["matrix"]
-                corr.identity = False
-            if "gyro_gain" in entry:  # relative to the head reference, on top of the scale
-                corr.gyro_matrix[i] = np.asarray(entry["gyro_gain"]["matrix"]) @ corr.gyro_matrix[i]
-                corr.gyro_offset[i] = entry["gyro_gain"].get("offset_rads", (0.0, 0.0, 0.0))
+            if "gyro_scale" in entry or "gyro_gain" in entry:
+                corr.gyro_matrix[i] = self.gyro_matrix(f"{uid}/{slot}")
+                corr.gyro_offset[i] = self.gyro_gain(f"{uid}/{slot}")[1]
                 corr.identity = False
             if "accel" in entry:
                 corr.accel_offset[i] = entry["accel"]["offset_mps2"]
