@@ -320,8 +320,10 @@ def test_simulate_calibrates_each_subject_and_add_calibrations_redoes_it(tmp_pat
     assert take.calibration == str(out / rec["path"])
     uncal = load_dataset(out, calibration=False).takes[0]
     assert uncal.calibration is None
-    # with the rig's neutral known, features are valid from the first frame; without, after a rest capture
-    assert take.valid[:5].all() and not uncal.valid[:5].any()
+    # with the rig's neutral known, features are valid once each site has levelled its tilt (1 s,
+    # whatever the head does); without, after a still rest capture
+    level = round(FeatureSettings().level_window_s * 60)
+    assert not take.valid[:level].any() and take.valid[level:level + 5].all() and not uncal.valid[:5].any()
 
     # a set made without calibration: add_calibrations writes the same file and the manifest record
     before = json.loads((out / rec["path"]).read_text())

@@ -29,7 +29,7 @@ import numpy as np
 
 from imusic.align import Frame, FrameBlock
 from imusic.errors import UserError
-from imusic.orientation import OrientationFilter, OrientationSettings, quat_multiply, quat_to_matrix
+from imusic.orientation import GRAVITY_MPS2, OrientationFilter, OrientationSettings, quat_multiply, quat_to_matrix
 
 __all__ = [
     "FEATURE_NAMES",
@@ -44,7 +44,7 @@ __all__ = [
     "nominal_R_head_sensor",
 ]
 
-FEATURE_VERSION = 8
+FEATURE_VERSION = 9
 FEATURE_NAMES: tuple[str, ...] = (
     "rel_rot_x_rad", "rel_rot_y_rad", "rel_rot_z_rad",
     "rel_rate_x_rads", "rel_rate_y_rads", "rel_rate_z_rads",
@@ -135,7 +135,8 @@ class FeatureSettings:
         same while the head stays upright (the filter takes the bias as tilt), so tracking that
         part walks the pair: the tilt error times the head's rate leaked into rel_rate, growing
         over a ten-minute take. Along gravity a tilt error shows only in second order. As the head
-        nods and turns, other axes come under gravity and get their share.
+        nods and turns, other axes come under gravity and get their share. The part across gravity
+        is found from the gyros instead (``tilt_tau_s``).
     facial_accel_gate_mps2: while a site's lin_acc (the face's own acceleration there, last frame,
         less its mean over ``facial_accel_mean_s``) is above this, its filter is fed the head
         reference's specific force in the site's axes instead of its own: speech accelerates the
@@ -164,6 +165,16 @@ class FeatureSettings:
         correct only the tilt; the heading difference stayed for the whole take and leaked the
         head's pitch rate into rel_rate (docs/features.md, version 5). Heading errors larger than
         the quiet threshold over the head's rate are left alone (no correction from those frames).
+    tilt_tau_s: hold each site's tilt relative to the reference with the gyros, by moving the
+        accelerometer bias across gravity that the filter took as tilt into the site's tracked
+        bias (time constant ``tilt_tau_s`` of quiet head turning; 0 turns it off). The same
+        delta x u as for the heading, on frames where rel_rate is below ``track_quiet_rads``,
+        normalised by |u|^2 + ``heading_u0_rads``^2; its tilt part delta_t says the filter's up
+        axis is off by an accelerometer bias g (up x delta_t). Why: as the chips warm on the face
+        their accelerometer biases move by about a milligram, a milliradian of relative tilt that
+        the accelerometers cannot tell from a bias (``track_accel_along_gravity``); times the
+        head's rate it leaked into rel_rate and grew over a ten-minute take (docs/features.md,
+        version 9).
     level_window_s: after a face site's filter restarts from the rest pose (a take's start, a gap
         longer than ``max_gap_s``), its tilt is levelled once to its own accelerometer: the smallest
         turn that makes the site's specific force (moved to the reference point) agree with the
@@ -172,7 +183,9 @@ class FeatureSettings:
         alone. The heading stays the rest pose's. Why: the face is seldom exactly neutral when a
         take starts, and the filter alone took some four seconds to take up the difference, which
         showed in lin_acc meanwhile (6 mg at the brows, the same in every take: docs/features.md,
-        version 7). 0 turns it off.
+        version 7). 0 turns it off. The site's features are not valid while it levels: until then
+        its lin_acc carried the starting tilt error times gravity, the same in every take, so in a
+        walking take it lined up with the start of walking (version 9).
     level_quiet_fraction: a site quiet on fewer than this fraction of the window's frames is not
         levelled (its filter converges as before): while the face moves there (speech at the chin)
         its accelerometer says little about its tilt, and levelling the mentalis on half-quiet
@@ -209,6 +222,7 @@ class FeatureSettings:
     heading_gain: float = 1.5
     heading_quiet_rads: float = 0.02
     heading_u0_rads: float = 0.3
+    tilt_tau_s: float = 20.0
     level_window_s: float = 1.0
     level_quiet_fraction: float = 0.95
 
@@ -229,6 +243,7 @@ class FeatureSettings:
                 "facial_accel_mean_s": self.facial_accel_mean_s,
                 "facial_accel_hold_s": self.facial_accel_hold_s, "heading_gain": self.heading_gain,
                 "heading_quiet_rads": self.heading_quiet_rads, "heading_u0_rads": self.heading_u0_rads,
+                "tilt_tau_s": self.tilt_tau_s,
                 "level_window_s": self.level_window_s, "level_quiet_fraction": self.level_quiet_fraction}
 
 
@@ -577,6 +592,8 @@ class FeatureExtractor:
         lin_acc = np.einsum("nji,nj->ni", rest_R, diff - self._arm_m[ks] @ K.T)
         if self.settings.track_bias:
             self._track_bias(ks, rel_rate, lin_acc, R_rel, rest_R)
+        if self.settings.tilt_tau_s > 0:
+            self._hold_tilt(ks, rel_rate, R_rel, omega_r, R_ref)
         if self.settings.heading_gain > 0:
             self._hold_heading(ks, rel_rate, R_rel, omega_r, R_ref, q_ref_conj)
         smooth = min(1.0, 1.0 / (self.settings.facial_accel_mean_s * self.rate_hz))  # what is left after it is the face
@@ -587,7 +604,9 @@ class FeatureExtractor:
         out[ks, 0:3] = rel_rot
         out[ks, 3:6] = rel_rate
         out[ks, 6:9] = lin_acc
-        valid[ks] = True
+        # a site still levelling has the tilt it started with, not its own (see level_window_s)
+        valid[ks] = [self._sites[int(k)].level_frames_left <= 0 for k in ks]
+        out[~valid] = np.nan
         return out, valid
 
     def _align(self, ks: np.ndarray, omega_r: np.ndarray, g_s: np.ndarray, R_rel: np.ndarray,
@@ -650,6 +669,16 @@ class FeatureExtractor:
             st.filt.set_quaternion(quat_multiply(turn, st.q))
             st.q = st.filt.quaternion()
 
+    def _orientation_error_terms(self, quiet: np.ndarray, rel_rate: np.ndarray, R_rel: np.ndarray,
+                                 omega_r: np.ndarray, R_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For the sites ``quiet``: u x rel_rate, |u|^2 + u0^2, and world up in the site's axes. A
+        relative orientation off by delta gives rel_rate = true + delta x u (u: the head's rate in
+        the site's axes), so the first over the second is one frame's least-squares delta, damped
+        while the head is still (u0 = ``heading_u0_rads``)."""
+        u = np.einsum("nji,j->ni", R_rel[quiet], omega_r)
+        up = np.einsum("nji,j->ni", R_rel[quiet], R_ref[2])
+        return np.cross(u, rel_rate[quiet]), np.einsum("ni,ni->n", u, u) + self.settings.heading_u0_rads ** 2, up
+
     def _hold_heading(self, ks: np.ndarray, rel_rate: np.ndarray, R_rel: np.ndarray, omega_r: np.ndarray,
                       R_ref: np.ndarray, q_ref_conj: np.ndarray) -> None:
         """Turn each quiet site's filter about gravity against the heading error its rel_rate
@@ -658,12 +687,10 @@ class FeatureExtractor:
         quiet = np.flatnonzero(np.linalg.norm(rel_rate, axis=1) < s.heading_quiet_rads)
         if not len(quiet):
             return
-        u = np.einsum("nji,j->ni", R_rel[quiet], omega_r)  # the head's rate in the site's axes
-        up = np.einsum("nji,j->ni", R_rel[quiet], R_ref[2])  # world up in the site's axes
-        # an error delta gives rel_rate = true + delta x u, so (u x rel_rate) . up ~ (delta . up) |u|^2
-        # for a head turning about a horizontal axis (a turn about gravity says nothing of it)
-        err = np.einsum("ni,ni->n", np.cross(u, rel_rate[quiet]), up) / (
-            np.einsum("ni,ni->n", u, u) + s.heading_u0_rads ** 2)
+        u_x_rate, norm, up = self._orientation_error_terms(quiet, rel_rate, R_rel, omega_r, R_ref)
+        # (u x rel_rate) . up ~ (delta . up) |u|^2 for a head turning about a horizontal axis (a
+        # turn about gravity says nothing of the heading)
+        err = np.einsum("ni,ni->n", u_x_rate, up) / norm
         dq = _quats_of_rotvecs(-(s.heading_gain / self.rate_hz) * err[:, None] * up)
         for j, k in enumerate(ks[quiet]):
             st = self._sites[int(k)]
@@ -671,6 +698,24 @@ class FeatureExtractor:
             st.filt.set_quaternion(quat_multiply(st.q, dq[j]))
             st.q = st.filt.quaternion()
             st.q_rel_last = quat_multiply(q_ref_conj, st.q)
+
+    def _hold_tilt(self, ks: np.ndarray, rel_rate: np.ndarray, R_rel: np.ndarray, omega_r: np.ndarray,
+                   R_ref: np.ndarray) -> None:
+        """Move the accelerometer bias across gravity that each quiet site's filter took as tilt
+        into its tracked bias (see ``FeatureSettings.tilt_tau_s``); takes effect from the next frame."""
+        s = self.settings
+        quiet = np.flatnonzero(np.linalg.norm(rel_rate, axis=1) < s.track_quiet_rads)
+        if not len(quiet):
+            return
+        u_x_rate, norm, up = self._orientation_error_terms(quiet, rel_rate, R_rel, omega_r, R_ref)
+        delta = u_x_rate / norm[:, None]
+        delta_tilt = delta - np.sum(delta * up, axis=1)[:, None] * up
+        # a filter levelled on f + b tilts its up axis by delta_t = (b x up) / g, so b = g (up x delta_t)
+        bias_mps2 = GRAVITY_MPS2 * np.cross(up, delta_tilt)
+        step = min(1.0, 1.0 / (s.tilt_tau_s * self.rate_hz))
+        for j, k in enumerate(ks[quiet]):
+            st = self._sites[int(k)]
+            st.accel_bias_mps2 = st.accel_bias_mps2 + step * bias_mps2[j]
 
     def _track_bias(self, ks: np.ndarray, rel_rate: np.ndarray, lin_acc: np.ndarray, R_rel: np.ndarray,
                     rest_R: np.ndarray) -> None:
