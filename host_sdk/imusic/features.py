@@ -671,7 +671,7 @@ class FeatureExtractor:
 
     def _orientation_error_terms(self, quiet: np.ndarray, rel_rate: np.ndarray, R_rel: np.ndarray,
                                  omega_r: np.ndarray, R_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For the sites ``quiet``: u x rel_rate, |u|^2 + u0^2, and world up in the site's axes. A
+        """For the sites ``quiet``: u x rel_rate, |u|^2 + u0^2 (u_sq), and world up in the site's axes. A
         relative orientation off by delta gives rel_rate = true + delta x u (u: the head's rate in
         the site's axes), so the first over the second is one frame's least-squares delta, damped
         while the head is still (u0 = ``heading_u0_rads``)."""
@@ -687,10 +687,10 @@ class FeatureExtractor:
         quiet = np.flatnonzero(np.linalg.norm(rel_rate, axis=1) < s.heading_quiet_rads)
         if not len(quiet):
             return
-        u_x_rate, norm, up = self._orientation_error_terms(quiet, rel_rate, R_rel, omega_r, R_ref)
+        u_x_rate, u_sq, up = self._orientation_error_terms(quiet, rel_rate, R_rel, omega_r, R_ref)
         # (u x rel_rate) . up ~ (delta . up) |u|^2 for a head turning about a horizontal axis (a
         # turn about gravity says nothing of the heading)
-        err = np.einsum("ni,ni->n", u_x_rate, up) / norm
+        err = np.einsum("ni,ni->n", u_x_rate, up) / u_sq
         dq = _quats_of_rotvecs(-(s.heading_gain / self.rate_hz) * err[:, None] * up)
         for j, k in enumerate(ks[quiet]):
             st = self._sites[int(k)]
@@ -707,8 +707,8 @@ class FeatureExtractor:
         quiet = np.flatnonzero(np.linalg.norm(rel_rate, axis=1) < s.track_quiet_rads)
         if not len(quiet):
             return
-        u_x_rate, norm, up = self._orientation_error_terms(quiet, rel_rate, R_rel, omega_r, R_ref)
-        delta = u_x_rate / norm[:, None]
+        u_x_rate, u_sq, up = self._orientation_error_terms(quiet, rel_rate, R_rel, omega_r, R_ref)
+        delta = u_x_rate / u_sq[:, None]
         delta_tilt = delta - np.sum(delta * up, axis=1)[:, None] * up
         # a filter levelled on f + b tilts its up axis by delta_t = (b x up) / g, so b = g (up x delta_t)
         bias_mps2 = GRAVITY_MPS2 * np.cross(up, delta_tilt)
