@@ -343,6 +343,13 @@ def accel_refine_rotating(static_means: np.ndarray, accel_mps2: np.ndarray, gyro
     return RotatingRefinement(b, c, r, rms_mg, int(sel.size))
 
 
+def _skew(v: np.ndarray) -> np.ndarray:
+    """Cross-product matrices: (..., 3) -> (..., 3, 3), ``_skew(a) @ b == a x b``."""
+    z = np.zeros(v.shape[:-1])
+    return np.stack([np.stack([z, -v[..., 2], v[..., 1]], -1), np.stack([v[..., 2], z, -v[..., 0]], -1),
+                     np.stack([-v[..., 1], v[..., 0], z], -1)], axis=-2)
+
+
 @dataclass(frozen=True)
 class GyroScaleFit:
     matrix: np.ndarray  # (3, 3): gyro_corrected = matrix @ (gyro - bias), in the accelerometer's axes
@@ -387,9 +394,6 @@ def gyro_scale_from_turns(accel_mps2: np.ndarray, gyro_rads: np.ndarray, segment
     if len(turns) < min_turns:
         return None
 
-    def skew(v: np.ndarray) -> np.ndarray:
-        return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-
     matrix = np.eye(3)
     resid = np.zeros(0)
     for _ in range(6):
@@ -404,7 +408,7 @@ def gyro_scale_from_turns(accel_mps2: np.ndarray, gyro_rads: np.ndarray, segment
             v = acc.T @ u0  # the first pose's gravity carried to the end of the turn
             # a change dE of M turns the end by phi = sum_k after_k^T dE w_k dt; v moves by v x phi
             dphi = np.einsum("kai,kb->iab", after, w).reshape(3, 9) * dt
-            rows.append(skew(v) @ dphi)
+            rows.append(_skew(v) @ dphi)
             rhs.append(u1 - v)
         resid = np.concatenate(rhs)
         jac = np.vstack(rows + [prior_weight * np.eye(9)])
@@ -685,13 +689,8 @@ def relative_accel_alignment(ref_accel: np.ndarray, ref_gyro: np.ndarray, accel:
     if n < 30:
         raise CalibrationError(step, who, f"missing: only {n} usable frames")
 
-    def skew(v: np.ndarray) -> np.ndarray:  # (n, 3) -> (n, 3, 3)
-        z = np.zeros(len(v))
-        return np.stack([np.stack([z, -v[:, 2], v[:, 1]], -1), np.stack([v[:, 2], z, -v[:, 0]], -1),
-                         np.stack([-v[:, 1], v[:, 0], z], -1)], axis=1)
-
-    wx = skew(w)
-    K = skew(al) + wx @ wx
+    wx = _skew(w)
+    K = _skew(al) + wx @ wx
     C = np.eye(3)
     lever = np.zeros(3)
     before = after = 0.0
@@ -699,7 +698,7 @@ def relative_accel_alignment(ref_accel: np.ndarray, ref_gyro: np.ndarray, accel:
         fc = fs @ C.T
         y = fc @ R_ref_sensor.T - fr  # (n, 3): what the rigid-body model leaves
         # R exp([d]x) fc - f_ref - K l ~ y - R [fc]x d - K l: residual y + J x with x = (d, l)
-        J = -np.concatenate([np.einsum("ij,njk->nik", R_ref_sensor, skew(fc)), K], axis=2)
+        J = -np.concatenate([np.einsum("ij,njk->nik", R_ref_sensor, _skew(fc)), K], axis=2)
         A = np.einsum("nji,njk->ik", J, J)
         b = -np.einsum("nji,nj->i", J, y)
         ridge = 1e-3 * float(np.trace(A)) / 6.0
