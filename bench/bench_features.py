@@ -194,8 +194,20 @@ def true_relative_motion(take: Path, layout: Layout) -> tuple[np.ndarray, np.nda
 
 
 def feature_matrix(feats: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(T, n * 9) features and their valid mask, each channel on its own frame's time: a row's
+    lin_acc is that of ``lin_acc_delay_frames`` frames earlier (imusic.features), so those columns
+    are moved back by as many rows (the last rows have none) before they meet the head's motion."""
+    from imusic.features import FeatureSettings
+
     t, n, k = feats.shape
-    return feats.reshape(t, n * k).astype(np.float64), np.repeat(valid, k, axis=1)
+    x = feats.reshape(t, n * k).astype(np.float64)
+    ok = np.repeat(valid, k, axis=1)
+    d = FeatureSettings().lin_acc_delay_frames
+    if d:
+        cols = [s * k + i for s in range(n) for i in range(GROUPS["lin_acc"].start, GROUPS["lin_acc"].stop)]
+        x[:, cols] = np.concatenate([x[d:, cols], np.full((d, len(cols)), np.nan)])
+        ok[:, cols] = np.concatenate([ok[d:, cols], np.zeros((d, len(cols)), dtype=bool)])
+    return x, ok
 
 
 def raw_matrix(block: FrameBlock, layout: Layout) -> tuple[np.ndarray, np.ndarray]:

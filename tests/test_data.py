@@ -321,8 +321,8 @@ def test_simulate_calibrates_each_subject_and_add_calibrations_redoes_it(tmp_pat
     uncal = load_dataset(out, calibration=False).takes[0]
     assert uncal.calibration is None
     # with the rig's neutral known, features are valid once each site has levelled its tilt (1 s,
-    # whatever the head does); without, after a still rest capture
-    level = round(FeatureSettings().level_window_s * 60)
+    # whatever the head does) and lin_acc comes from after it; without, after a still rest capture
+    level = round(FeatureSettings().level_window_s * 60) + FeatureSettings().lin_acc_delay_frames
     assert not take.valid[:level].any() and take.valid[level:level + 5].all() and not uncal.valid[:5].any()
 
     # a set made without calibration: add_calibrations writes the same file and the manifest record

@@ -12,7 +12,9 @@ Per face site s and head reference r (definitions and frames: docs/features.md):
 - ``lin_acc_{x,y,z}_mps2``: ``R_rel f_s - f_r - (alpha x l + omega x (omega x l))`` in the head
   reference's frame (gravity and the head's own acceleration cancel; the bracket is the rigid-body
   acceleration of the lever arm ``l`` from the reference to the site, omega/alpha from the head
-  reference gyro), then rotated into the site's rest frame with ``R_rest^T``.
+  reference gyro), then rotated into the site's rest frame with ``R_rest^T``. A frame's lin_acc is
+  that of ``FeatureSettings.lin_acc_delay_frames`` (2) frames earlier, so that alpha can be a
+  central difference.
 
 Any change to these definitions (or to the defaults of ``FeatureSettings``) bumps
 ``FEATURE_VERSION``; models record the version and the spec they were trained with.
@@ -44,7 +46,7 @@ __all__ = [
     "nominal_R_head_sensor",
 ]
 
-FEATURE_VERSION = 9
+FEATURE_VERSION = 10
 FEATURE_NAMES: tuple[str, ...] = (
     "rel_rot_x_rad", "rel_rot_y_rad", "rel_rot_z_rad",
     "rel_rate_x_rads", "rel_rate_y_rads", "rel_rate_z_rads",
@@ -190,6 +192,15 @@ class FeatureSettings:
         levelled (its filter converges as before): while the face moves there (speech at the chin)
         its accelerometer says little about its tilt, and levelling the mentalis on half-quiet
         windows raised its rel_rate leak (0.11 -> 0.15 pooled).
+    lin_acc_delay_frames: a frame's lin_acc is the one of this many frames earlier (0, 1 or 2), with
+        the head's angular acceleration there from a central difference of the reference's rate
+        over the frames either side (1: three points, error second order in omega dt; 2: five
+        points, fourth order) instead of the backward difference, which over-reads a head nodding
+        at omega by (omega dt)^2 / 3 and so leaks the head's pitch into the cheeks' lin_acc on a
+        walk (docs/features.md, version 10). rel_rot and rel_rate stay the frame's own and nothing
+        waits: the blendshapes of a frame come as soon as it does, from lin_acc up to two frames
+        (33 ms) older. The filters, the gate and the bias tracking inside use the frame's own,
+        backward-difference lin_acc. 0 gives version 9's lin_acc.
 
     The gyro's gain and cross-axis error relative to the head reference's, and the accelerometer's
     rotation relative to its gyro, are the calibration's neutral step (docs/calibration.md): with
@@ -225,6 +236,11 @@ class FeatureSettings:
     tilt_tau_s: float = 20.0
     level_window_s: float = 1.0
     level_quiet_fraction: float = 0.95
+    lin_acc_delay_frames: int = 2
+
+    def __post_init__(self) -> None:
+        if self.lin_acc_delay_frames not in (0, 1, 2):
+            raise FeatureError(f"lin_acc_delay_frames must be 0, 1 or 2, not {self.lin_acc_delay_frames!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"orientation": self.orientation.to_dict(), "max_gap_s": self.max_gap_s,
@@ -244,7 +260,8 @@ class FeatureSettings:
                 "facial_accel_hold_s": self.facial_accel_hold_s, "heading_gain": self.heading_gain,
                 "heading_quiet_rads": self.heading_quiet_rads, "heading_u0_rads": self.heading_u0_rads,
                 "tilt_tau_s": self.tilt_tau_s,
-                "level_window_s": self.level_window_s, "level_quiet_fraction": self.level_quiet_fraction}
+                "level_window_s": self.level_window_s, "level_quiet_fraction": self.level_quiet_fraction,
+                "lin_acc_delay_frames": self.lin_acc_delay_frames}
 
 
 def nominal_R_head_sensor(normal: np.ndarray) -> np.ndarray:
@@ -412,6 +429,9 @@ class FeatureExtractor:
         self._sites = [_ImuState(OrientationFilter(self.rate_hz, self.settings.orientation)) for _ in range(n)]
         self._omega_hist: list[np.ndarray] = []  # head reference rates of the last contiguous frames
         self._omega_hist_t: float = -math.inf
+        # (t_s, lin_acc (n, 3) NaN where invalid, backward-difference alpha) of the last frames, for
+        # lin_acc_delay_frames
+        self._lin_hist: list[tuple[float, np.ndarray, np.ndarray]] = []
         self._q_rest: np.ndarray | None = None if self._neutral is None else self._neutral.copy()
         self._rest_R: np.ndarray | None = None if self._q_rest is None else quat_to_matrix(self._q_rest)
         self._rest_frames: list[np.ndarray] = []
@@ -505,9 +525,9 @@ class FeatureExtractor:
         omega_r = frame.gyro_rads[ref_i] - self._ref.bias_rads
         if ref_restart or t - self._omega_hist_t > 1.5 / self.rate_hz:
             self._omega_hist = []
-        self._omega_hist = (self._omega_hist + [omega_r])[-3:]
+        self._omega_hist = (self._omega_hist + [omega_r])[-max(3, 2 * self.settings.lin_acc_delay_frames + 1):]
         self._omega_hist_t = t
-        h = self._omega_hist
+        h = self._omega_hist[-3:]
         if len(h) == 3:
             alpha_r = (3.0 * h[2] - 4.0 * h[1] + h[0]) * (0.5 * self.rate_hz)
         elif len(h) == 2:
@@ -607,7 +627,33 @@ class FeatureExtractor:
         # a site still levelling has the tilt it started with, not its own (see level_window_s)
         valid[ks] = [self._sites[int(k)].level_frames_left <= 0 for k in ks]
         out[~valid] = np.nan
+        if self.settings.lin_acc_delay_frames:
+            self._delay_lin_acc(t, out, valid, alpha_r)
         return out, valid
+
+    def _delay_lin_acc(self, t: float, out: np.ndarray, valid: np.ndarray, alpha_r: np.ndarray) -> None:
+        """Put in ``out`` (in place) the lin_acc of ``lin_acc_delay_frames`` frames ago, its
+        angular-acceleration term redone with a central difference around that frame (see
+        ``FeatureSettings.lin_acc_delay_frames``); a site without one is not valid this frame."""
+        d = self.settings.lin_acc_delay_frames
+        self._lin_hist = (self._lin_hist + [(t, out[:, 6:9].astype(np.float64), alpha_r)])[-(d + 1):]
+        t_old, lin_old, alpha_old = self._lin_hist[0]
+        if len(self._lin_hist) <= d or abs((t - t_old) * self.rate_hz - d) > 0.5:
+            lin = np.full_like(lin_old, np.nan)  # a frame missed in between: nothing from then
+        else:
+            h = self._omega_hist  # contiguous frames, the last one this frame's
+            if len(h) >= 2 * d + 1 and d == 2:
+                alpha = (h[-5] - 8.0 * h[-4] + 8.0 * h[-2] - h[-1]) * (self.rate_hz / 12.0)
+            elif len(h) >= d + 2:  # three points about frame t - d
+                alpha = (h[-d] - h[-d - 2]) * (0.5 * self.rate_hz)
+            else:  # the reference restarted since: keep that frame's own estimate
+                alpha = alpha_old
+            assert self._rest_R is not None
+            # lin_acc carries -R_rest^T (alpha x l): swap the old alpha for the central one
+            lin = lin_old - np.einsum("nji,nj->ni", self._rest_R, np.cross(alpha - alpha_old, self._arm_m))
+        out[:, 6:9] = lin
+        valid &= np.isfinite(lin).all(axis=1)
+        out[~valid] = np.nan
 
     def _align(self, ks: np.ndarray, omega_r: np.ndarray, g_s: np.ndarray, R_rel: np.ndarray,
                q_ref: np.ndarray) -> np.ndarray:
