@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 from imusic.align import FrameBlock
-from imusic.features import GROUPS, features_of_block
+from imusic.features import GROUPS, FeatureSettings, features_of_block
 from imusic.placement import Layout, load_layout
 from imusic.replay import replay_blocks
 
@@ -197,8 +197,6 @@ def feature_matrix(feats: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np
     """(T, n * 9) features and their valid mask, each channel on its own frame's time: a row's
     lin_acc is that of ``lin_acc_delay_frames`` frames earlier (imusic.features), so those columns
     are moved back by as many rows (the last rows have none) before they meet the head's motion."""
-    from imusic.features import FeatureSettings
-
     t, n, k = feats.shape
     x = feats.reshape(t, n * k).astype(np.float64)
     ok = np.repeat(valid, k, axis=1)
